@@ -1,0 +1,272 @@
+"""Input/output shared by every stage: images, ``pairs.txt``, HDF5 layouts, atomic writes.
+
+Coordinate convention of every HDF5 file written by loftr_sfm: pixel coordinates in the
+*original* image (after EXIF orientation is applied), OpenCV convention (integer = pixel
+centre, the top-left pixel centre is (0, 0)). The +0.5 shift to COLMAP's convention happens in
+:mod:`loftr_sfm.database` and :mod:`loftr_sfm.localization` only.
+
+HDF5 layouts (hloc-compatible):
+
+* ``matches.h5`` raw, one group per pair ``names_to_pair(name0, name1)``:
+  ``keypoints0`` (N, 2) float32, ``keypoints1`` (N, 2) float32, ``scores`` (N,) float32.
+  After the keypoints stage the same group also holds ``matches0`` (K0,) int32 (index into
+  image1's merged keypoints, or -1) and ``matching_scores0`` (K0,) float32.
+* ``features.h5``, one group per image name: ``keypoints`` (K, 2) float32, ``scores`` (K,)
+  float32, ``image_size`` (2,) int (width, height).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+
+
+class ImageReadError(ValueError):
+    """An image file could not be read; the message names the file and the problem."""
+
+
+class InputError(ValueError):
+    """Bad user input (missing file, malformed pairs file, unknown image...)."""
+
+
+# --------------------------------------------------------------------------- images
+
+
+def list_images(root: str | Path, recursive: bool = True) -> list[str]:
+    """Image names below ``root`` as sorted POSIX paths relative to ``root``.
+
+    Raises :class:`InputError` if ``root`` is not a directory or holds no image.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"image folder {root} does not exist or is not a directory")
+    it = root.rglob("*") if recursive else root.glob("*")
+    names = sorted(
+        p.relative_to(root).as_posix()
+        for p in it
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
+    if not names:
+        raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {root}")
+    return names
+
+
+def _open_pil(path: Path):
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file does not exist")
+    try:
+        img = Image.open(path)
+        img.load()
+    except UnidentifiedImageError as e:
+        raise ImageReadError(f"{path}: not a readable image ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"{path}: corrupt or truncated image ({e})") from None
+    try:
+        img = ImageOps.exif_transpose(img)  # apply the EXIF orientation tag
+    except Exception as e:  # malformed EXIF: keep the pixels as stored
+        logger.warning("%s: ignoring malformed EXIF orientation (%s)", path, e)
+    return img
+
+
+def read_image(path: str | Path, grayscale: bool = False) -> np.ndarray:
+    """Read an image as uint8, EXIF orientation applied.
+
+    Conversions (documented, never silent failures):
+    16-bit and 32-bit integer / float images are scaled to 0..255 by their type's range
+    (``I;16``: /257; float: clipped to [0, 1] then x255); RGBA / LA are composited on black
+    (alpha dropped); palette, CMYK, YCbCr and 1-bit images are converted to RGB.
+
+    Returns:
+        (H, W) uint8 if ``grayscale`` else (H, W, 3) uint8 RGB.
+    Raises:
+        ImageReadError: naming the file, if it is missing, unreadable or corrupt.
+    """
+    path = Path(path)
+    img = _open_pil(path)
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img)
+        if mode == "F":
+            arr = np.clip(arr.astype(np.float32), 0.0, 1.0) * 255.0
+        elif mode == "I" and arr.max(initial=0) > 65535:
+            arr = arr.astype(np.float64) / float(2**32 - 1) * 255.0
+        else:
+            arr = arr.astype(np.float32) / 257.0
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return gray if grayscale else np.repeat(gray[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        from PIL import Image
+
+        bg = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(bg, img)
+    img = img.convert("L" if grayscale else "RGB")
+    arr = np.asarray(img)
+    if arr.size == 0:
+        raise ImageReadError(f"{path}: image is empty ({img.size[0]}x{img.size[1]})")
+    return np.ascontiguousarray(arr)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image after EXIF orientation, read from the header only."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file does not exist")
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            try:
+                orientation = img.getexif().get(0x0112, 1)
+            except Exception:
+                orientation = 1
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"{path}: not a readable image ({e})") from None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+# --------------------------------------------------------------------------- pairs
+
+
+def names_to_pair(name0: str, name1: str, separator: str = "/") -> str:
+    """hloc's HDF5 group name of a pair: '/' inside a name becomes '-'."""
+    return separator.join((name0.replace("/", "-"), name1.replace("/", "-")))
+
+
+def find_pair(h5, name0: str, name1: str) -> tuple[str, bool]:
+    """Group name of a pair in an open h5 file and whether it is stored as (name1, name0).
+
+    Accepts hloc's current layout and its older ``_``-separated one.
+    Raises KeyError naming the pair if it is absent.
+    """
+    for sep in ("/", "_"):
+        key = names_to_pair(name0, name1, sep)
+        if key in h5:
+            return key, False
+        key = names_to_pair(name1, name0, sep)
+        if key in h5:
+            return key, True
+    raise KeyError(f"pair ({name0}, {name1}) not found in {getattr(h5, 'filename', 'h5 file')}")
+
+
+def normalize_pairs(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Drop self-pairs and duplicates (in either order); keep first-seen order and orientation."""
+    seen: set[tuple[str, str]] = set()
+    out: list[tuple[str, str]] = []
+    for a, b in pairs:
+        if a == b:
+            continue
+        key = (a, b) if a < b else (b, a)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append((a, b))
+    return out
+
+
+def read_pairs(path: str | Path, known_names: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """Read ``pairs.txt`` ("name0 name1" per line; blank lines and '#' comments skipped).
+
+    Self-pairs and duplicates are dropped. With ``known_names``, a pair naming an unknown
+    image raises :class:`InputError` listing the first unknown names.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"pairs file {path} does not exist")
+    pairs = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) < 2:
+            raise InputError(f"{path}:{lineno}: expected 'name0 name1', got {line!r}")
+        pairs.append((parts[0], parts[1]))
+    pairs = normalize_pairs(pairs)
+    if known_names is not None:
+        known = set(known_names)
+        unknown = sorted({n for p in pairs for n in p if n not in known})
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            raise InputError(f"{path} names {len(unknown)} image(s) that are not in the image folder: {shown}")
+    return pairs
+
+
+def write_pairs(path: str | Path, pairs: Iterable[tuple[str, str]]) -> None:
+    """Write ``pairs.txt`` atomically."""
+    text = "".join(f"{a} {b}\n" for a, b in pairs)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    On an exception the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# --------------------------------------------------------------------------- h5 layouts
+
+
+def write_raw_matches(h5, name0: str, name1: str, kpts0: np.ndarray, kpts1: np.ndarray, scores: np.ndarray) -> None:
+    """Write one pair's raw matches (hloc dense layout) into an open, writable h5 file.
+
+    Args:
+        kpts0, kpts1: (N, 2) original-image pixels, OpenCV convention.
+        scores: (N,).
+    """
+    key = names_to_pair(name0, name1)
+    if key in h5:
+        del h5[key]
+    g = h5.create_group(key)
+    g.create_dataset("keypoints0", data=np.asarray(kpts0, np.float32).reshape(-1, 2))
+    g.create_dataset("keypoints1", data=np.asarray(kpts1, np.float32).reshape(-1, 2))
+    g.create_dataset("scores", data=np.asarray(scores, np.float32).reshape(-1))
+
+
+def read_raw_matches(h5, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read one pair's raw matches, oriented as (name0, name1) whatever the stored order.
+
+    Returns:
+        kpts0 (N, 2) float32, kpts1 (N, 2) float32, scores (N,) float32.
+    """
+    key, rev = find_pair(h5, name0, name1)
+    g = h5[key]
+    k0 = np.asarray(g["keypoints0"], np.float32).reshape(-1, 2)
+    k1 = np.asarray(g["keypoints1"], np.float32).reshape(-1, 2)
+    sc = np.asarray(g["scores"], np.float32).reshape(-1) if "scores" in g else np.ones(len(k0), np.float32)
+    if len(k0) != len(k1) or len(sc) != len(k0):
+        raise InputError(
+            f"{getattr(h5, 'filename', 'h5')}: pair {key} has inconsistent lengths "
+            f"(keypoints0 {len(k0)}, keypoints1 {len(k1)}, scores {len(sc)})"
+        )
+    return (k1, k0, sc) if rev else (k0, k1, sc)
