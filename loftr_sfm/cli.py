@@ -1,0 +1,234 @@
+"""``loftr-sfm``: one subcommand per stage, plus ``reconstruct``, ``localize``, ``match-pair`` and ``convert``.
+
+The CLI has no logic of its own: every stage flag is generated from the fields of that stage's
+dataclass config (``--num-neighbors`` sets ``PairsConfig.num_neighbors``), and only the flags a
+user gives override the config defaults. A few issue-level aliases exist (``--pairs`` for the
+pair-selection method in ``reconstruct``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import logging
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("loftr_sfm")
+
+# stage name -> (module, config class, {field: extra flag aliases})
+STAGE_CONFIGS: dict[str, tuple[str, str, dict[str, list[str]]]] = {
+    "pairs": ("loftr_sfm.pairs", "PairsConfig", {"method": ["--pairs"]}),
+    "match": ("loftr_sfm.matching", "MatchingConfig", {}),
+    "keypoints": ("loftr_sfm.keypoints", "KeypointsConfig", {}),
+    "database": ("loftr_sfm.database", "DatabaseConfig", {}),
+    "map": ("loftr_sfm.reconstruction", "MappingConfig", {}),
+    "localize": ("loftr_sfm.localization", "LocalizationConfig", {}),
+}
+
+
+def _config_class(stage: str) -> type:
+    module, cls, _ = STAGE_CONFIGS[stage]
+    return getattr(importlib.import_module(module), cls)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+def _argument_spec(tp: Any) -> dict[str, Any]:
+    """argparse keyword arguments for a dataclass field type."""
+    tp, optional = _unwrap_optional(tp)
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        choices = list(typing.get_args(tp))
+        return {"type": type(choices[0]), "choices": choices}
+    if origin in (list, tuple, typing.List, typing.Tuple):  # noqa: UP006
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis] or [str]
+        return {"type": args[0] if args[0] in (int, float, str) else str, "nargs": "+"}
+    if tp is bool:
+        return {"type": _parse_bool, "nargs": "?", "const": True, "metavar": "BOOL"}
+    if tp in (int, float, str):
+        return {"type": tp}
+    if tp is Path:
+        return {"type": Path}
+    return {"type": str}
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    aliases: dict[str, list[str]] | None = None,
+    skip: set[str] | frozenset[str] = frozenset(),
+    seen: set[str] | None = None,
+) -> None:
+    """Add one ``--field-name`` flag per dataclass field (defaults suppressed: only given flags count)."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"{cls.__name__} options")
+    for field in dataclasses.fields(cls):
+        if field.name in skip or (seen is not None and field.name in seen):
+            continue
+        flags = [f"--{field.name.replace('_', '-')}"] + list((aliases or {}).get(field.name, []))
+        default = field.default if field.default is not dataclasses.MISSING else (
+            field.default_factory() if field.default_factory is not dataclasses.MISSING else None
+        )
+        help_text = field.metadata.get("help", "")
+        group.add_argument(
+            *flags,
+            dest=field.name,
+            default=argparse.SUPPRESS,
+            help=f"{help_text} (default: {default!r})".strip(),
+            **_argument_spec(hints[field.name]),
+        )
+        if seen is not None:
+            seen.add(field.name)
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """Build the config from the flags given on the command line (others keep their defaults)."""
+    from loftr_sfm.utils import merge_config
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    return merge_config(cls, **given)
+
+
+# --------------------------------------------------------------------------- subcommands
+
+_DIR_ARGS = {"output", "images"}
+
+
+def _add_stage(sub, name: str, help_text: str, needs_images: bool) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("--output", type=Path, required=True, help="output directory shared by all stages")
+    p.add_argument("--images", type=Path, required=needs_images, default=None, help="folder of the photos")
+    module, cls_name, aliases = STAGE_CONFIGS[name]
+    add_config_arguments(p, _config_class(name), aliases, skip=_DIR_ARGS)
+    p.set_defaults(_stage=name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loftr-sfm",
+        description="Structure-from-Motion and localization with the EfficientLoFTR semi-dense matcher.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("reconstruct", help="all stages: photos -> COLMAP model")
+    p.add_argument("--images", type=Path, required=True, help="folder of the photos")
+    p.add_argument("--output", type=Path, required=True, help="output directory")
+    seen: set[str] = set()
+    for stage in ("pairs", "match", "keypoints", "database", "map"):
+        _, _, aliases = STAGE_CONFIGS[stage]
+        add_config_arguments(p, _config_class(stage), aliases, skip=_DIR_ARGS, seen=seen)
+
+    _add_stage(sub, "pairs", "select image pairs -> pairs.txt", True)
+    _add_stage(sub, "match", "match the pairs -> matches.h5 (raw, per pair)", True)
+    _add_stage(sub, "keypoints", "merge semi-dense matches into shared keypoints -> features.h5 + matches0", False)
+    _add_stage(sub, "database", "write the COLMAP database and verify geometry -> database.db", True)
+    _add_stage(sub, "map", "incremental or global mapping -> model/, points.ply, summary.json", True)
+
+    p = sub.add_parser("localize", help="localize new photos against a map -> poses.txt")
+    p.add_argument("--map", type=Path, required=True, dest="map_dir", help="output directory of `reconstruct`")
+    p.add_argument("--images", type=Path, required=True, help="the map's photo folder")
+    p.add_argument("--queries", type=Path, required=True, help="folder of the photos to localize")
+    p.add_argument("--output", type=Path, required=True, help="poses file to write (poses.txt)")
+    add_config_arguments(p, _config_class("localize"), STAGE_CONFIGS["localize"][2], skip={"output", "images", "queries", "map_dir"})
+
+    p = sub.add_parser("match-pair", help="match two photos and draw the matches")
+    p.add_argument("image0", type=Path)
+    p.add_argument("image1", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="PNG with the matches drawn")
+    p.add_argument("--weights", default="zju-community/efficientloftr", help="hub id, directory or checkpoint file")
+    p.add_argument("--max-side", type=int, default=None, help="resize so the longer side is at most this (multiple of 32)")
+    p.add_argument("--threshold", type=float, default=None, help="coarse matching threshold")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("convert", help="convert the original eloftr_outdoor.ckpt to the Transformers layout")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("output_dir", type=Path)
+    return parser
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity < 0 else (logging.INFO if verbosity == 0 else logging.DEBUG)
+    logging.basicConfig(level=level, format="[%(asctime)s %(name)s %(levelname)s] %(message)s", datefmt="%H:%M:%S")
+
+
+def run(argv: list[str] | None = None) -> Any:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    cmd = args.command
+    if cmd == "reconstruct":
+        from loftr_sfm.pipeline import reconstruct
+
+        configs = {stage: config_from_args(_config_class(stage), args) for stage in ("pairs", "match", "keypoints", "database", "map")}
+        return reconstruct(
+            args.images, args.output,
+            pairs=configs["pairs"], matching=configs["match"], keypoints=configs["keypoints"],
+            database=configs["database"], mapping=configs["map"],
+        )
+    if cmd in ("pairs", "match", "keypoints", "database", "map"):
+        module, cls_name, _ = STAGE_CONFIGS[cmd]
+        fn_name = {"pairs": "run_pairs", "match": "run_matching", "keypoints": "run_keypoints",
+                   "database": "run_database", "map": "run_mapping"}[cmd]
+        fn = getattr(importlib.import_module(module), fn_name)
+        return fn(args.output, args.images, config_from_args(_config_class(cmd), args))
+    if cmd == "localize":
+        from loftr_sfm.localization import localize
+
+        return localize(args.map_dir, args.images, args.queries, args.output, config_from_args(_config_class("localize"), args))
+    if cmd == "match-pair":
+        from loftr_sfm.model.api import match_pair, visualize_pair
+
+        result = match_pair(args.image0, args.image1, weights=args.weights, max_side=args.max_side,
+                            threshold=args.threshold, device=args.device)
+        print(f"{len(result['matching_scores'])} matches between {args.image0} and {args.image1}")
+        if args.out is not None:
+            visualize_pair(args.image0, args.image1, result, args.out)
+            print(f"wrote {args.out}")
+        return result
+    if cmd == "convert":
+        from loftr_sfm.model.weights import convert_original_checkpoint
+
+        convert_original_checkpoint(args.checkpoint, args.output_dir)
+        print(f"wrote {args.output_dir}")
+        return args.output_dir
+    raise AssertionError(cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from loftr_sfm.io import ImageReadError, InputError
+
+    try:
+        run(argv)
+    except (InputError, ImageReadError, FileNotFoundError) as e:
+        logger.error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        logger.error("interrupted: finished work is kept; rerun the same command to resume")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
