@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import inspect
 import logging
+import re
 import sys
 import types
 import typing
@@ -73,6 +75,15 @@ def _argument_spec(tp: Any) -> dict[str, Any]:
     return {"type": str}
 
 
+def _field_comments(cls: type) -> dict[str, str]:
+    """Trailing ``# comments`` of a dataclass's field lines, used as help when metadata has none."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, re.M)}
+
+
 def add_config_arguments(
     parser: argparse.ArgumentParser,
     cls: type,
@@ -82,6 +93,7 @@ def add_config_arguments(
 ) -> None:
     """Add one ``--field-name`` flag per dataclass field (defaults suppressed: only given flags count)."""
     hints = typing.get_type_hints(cls)
+    comments = _field_comments(cls)
     group = parser.add_argument_group(f"{cls.__name__} options")
     for field in dataclasses.fields(cls):
         if field.name in skip or (seen is not None and field.name in seen):
@@ -90,7 +102,7 @@ def add_config_arguments(
         default = field.default if field.default is not dataclasses.MISSING else (
             field.default_factory() if field.default_factory is not dataclasses.MISSING else None
         )
-        help_text = field.metadata.get("help", "")
+        help_text = field.metadata.get("help", comments.get(field.name, ""))
         group.add_argument(
             *flags,
             dest=field.name,
@@ -102,13 +114,17 @@ def add_config_arguments(
             seen.add(field.name)
 
 
+def given_options(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of ``cls`` given on the command line (the others are absent: defaults apply)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
 def config_from_args(cls: type, args: argparse.Namespace) -> Any:
     """Build the config from the flags given on the command line (others keep their defaults)."""
     from loftr_sfm.utils import merge_config
 
-    names = {f.name for f in dataclasses.fields(cls)}
-    given = {k: v for k, v in vars(args).items() if k in names}
-    return merge_config(cls, **given)
+    return merge_config(cls, **given_options(cls, args))
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -130,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="loftr-sfm",
         description="Structure-from-Motion and localization with the EfficientLoFTR semi-dense matcher.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument("-v", action="count", default=0, dest="_verbosity", help="more logging (-vv: debug)")
+    parser.add_argument("-q", action="store_const", const=-1, dest="_verbosity", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("reconstruct", help="all stages: photos -> COLMAP model")
@@ -170,18 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity < 0 else (logging.INFO if verbosity == 0 else logging.DEBUG)
+    level = logging.WARNING if verbosity < 0 else (logging.INFO if verbosity <= 1 else logging.DEBUG)
     logging.basicConfig(level=level, format="[%(asctime)s %(name)s %(levelname)s] %(message)s", datefmt="%H:%M:%S")
 
 
 def run(argv: list[str] | None = None) -> Any:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args._verbosity)
     cmd = args.command
     if cmd == "reconstruct":
         from loftr_sfm.pipeline import reconstruct
 
-        configs = {stage: config_from_args(_config_class(stage), args) for stage in ("pairs", "match", "keypoints", "database", "map")}
+        configs = {stage: given_options(_config_class(stage), args) for stage in ("pairs", "match", "keypoints", "database", "map")}
         return reconstruct(
             args.images, args.output,
             pairs=configs["pairs"], matching=configs["match"], keypoints=configs["keypoints"],
