@@ -32,7 +32,9 @@ def reconstruct(
         output: output directory (pairs.txt, matches.h5, features.h5, database.db, model/, ...).
         pairs, matching, keypoints, database, mapping: the stages' configs (dataclass, dict or None).
     Returns:
-        The chosen ``pycolmap.Reconstruction`` (the largest model).
+        The mapping summary (registered/total images, points, track length, reprojection error,
+        per-stage times; also saved as ``summary.json``). The model itself:
+        ``loftr_sfm.reconstruction.load_model(output)``.
     """
     from loftr_sfm.database import DatabaseConfig, run_database
     from loftr_sfm.keypoints import KeypointsConfig, run_keypoints
@@ -44,10 +46,16 @@ def reconstruct(
     images, output = Path(images), Path(output)
     output.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
+    matching_cfg = merge_config(MatchingConfig, matching)
+    keypoints_cfg = merge_config(KeypointsConfig, keypoints)
+    from loftr_sfm.keypoints import PRESETS
+
+    if keypoints_cfg.preset == "auto" and matching_cfg.matcher in PRESETS:  # the merge preset follows the matcher
+        keypoints_cfg = merge_config(KeypointsConfig, keypoints_cfg, preset=matching_cfg.matcher)
     steps = [
         ("pairs", run_pairs, merge_config(PairsConfig, pairs)),
-        ("matching", run_matching, merge_config(MatchingConfig, matching)),
-        ("keypoints", run_keypoints, merge_config(KeypointsConfig, keypoints)),
+        ("matching", run_matching, matching_cfg),
+        ("keypoints", run_keypoints, keypoints_cfg),
         ("database", run_database, merge_config(DatabaseConfig, database)),
     ]
     for name, fn, cfg in steps:

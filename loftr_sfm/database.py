@@ -1,0 +1,304 @@
+"""COLMAP database from shared keypoints and index matches (pycolmap 4.x).
+
+Reads ``output/features.h5`` and ``output/matches.h5`` (``matches0`` written by the keypoints
+stage) and ``output/pairs.txt``; writes ``output/database.db`` with
+
+* cameras: one per group of images that may share intrinsics (``camera_mode``); never shared
+  across image sizes. Focal length from EXIF when present (``has_prior_focal_length=True``),
+  else 1.2 * max(w, h) (COLMAP's default, no prior). User-given ``camera_model`` +
+  ``camera_params`` (e.g. PINHOLE "fx,fy,cx,cy" in COLMAP's convention) are used as-is for every
+  camera and mark the focal length as known (which also fixes the principal point, since COLMAP
+  does not refine it by default).
+* images: ``write_image`` by name (ids are assigned by the database; everything downstream maps
+  by name, never by id).
+* keypoints: features.h5 coordinates + 0.5 (OpenCV pixel centres -> COLMAP convention).
+* matches: validated index ranges, uint32.
+* two-view geometries: pycolmap's geometric verification with a fixed RANSAC seed (existing
+  two-view geometries are cleared first, re-verification is otherwise a no-op in pycolmap).
+
+Resumable: the database is built in a temporary file and moved into place; a finished database
+whose inputs and options are unchanged is reused (``overwrite`` forces a rebuild). The
+signature lives in ``output/.database.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .io import InputError, atomic_path, image_size, read_pairs
+from .utils import Timer, merge_config
+
+logger = logging.getLogger(__name__)
+
+CAMERA_MODES = ("auto", "single", "per_folder", "per_image")
+
+
+@dataclass
+class DatabaseConfig:
+    """Options of the database stage."""
+
+    camera_mode: str = "auto"  # auto | single | per_folder | per_image
+    camera_model: str = "SIMPLE_RADIAL"  # any COLMAP camera model name
+    camera_params: str | None = None  # comma-separated params of camera_model (COLMAP convention)
+    verify: bool = True  # run pycolmap geometric verification
+    ransac_max_error: float = 4.0  # px
+    ransac_seed: int = 0
+    ransac_max_trials: int = 20000
+    ransac_min_inlier_ratio: float = 0.1
+    min_num_inliers: int = 15
+    num_threads: int = -1
+    verbose: bool = False
+    overwrite: bool = False
+
+
+def _quiet(verbose: bool) -> None:
+    import pycolmap
+
+    pycolmap.logging.minloglevel = 0 if verbose else 2
+
+
+def _exif_focal(path: Path) -> float | None:
+    """Focal length in pixels (of the larger image side) from EXIF via pycolmap, or None."""
+    import pycolmap
+
+    try:
+        cam = pycolmap.infer_camera_from_image(str(path), pycolmap.ImageReaderOptions())
+    except Exception as e:  # unreadable EXIF is not fatal
+        logger.debug("%s: no EXIF camera (%s)", path, e)
+        return None
+    if not cam.has_prior_focal_length:
+        return None
+    # pycolmap reads the stored (un-rotated) size; the focal is the same for the rotated image
+    return float(cam.mean_focal_length())
+
+
+def make_cameras(
+    names: list[str],
+    sizes: dict[str, tuple[int, int]],
+    images: Path | None,
+    cfg: DatabaseConfig,
+) -> tuple[list, dict[str, int]]:
+    """Build the cameras and the image -> camera index assignment.
+
+    Returns (list of pycolmap.Camera, {name: index into that list}).
+    """
+    import pycolmap
+
+    if cfg.camera_mode not in CAMERA_MODES:
+        raise ValueError(f"unknown camera_mode {cfg.camera_mode!r}; choose one of {CAMERA_MODES}")
+    user_params = None
+    if cfg.camera_params:
+        try:
+            user_params = [float(v) for v in str(cfg.camera_params).replace(" ", "").split(",") if v]
+        except ValueError:
+            raise InputError(f"camera_params {cfg.camera_params!r}: expected comma-separated numbers") from None
+    groups: dict[tuple, int] = {}
+    cams: list = []
+    assign: dict[str, int] = {}
+    for n in names:
+        w, h = sizes[n]
+        focal = _exif_focal(images / n) if (images is not None and user_params is None) else None
+        if cfg.camera_mode == "per_image":
+            gkey: tuple = (n,)
+        elif cfg.camera_mode == "single":
+            gkey = (w, h)
+        elif cfg.camera_mode == "per_folder":
+            gkey = (os.path.dirname(n), w, h)
+        else:  # auto: images with EXIF focal and equal size share; images without EXIF: one each
+            gkey = (w, h, round(focal, 3)) if focal is not None else (n,)
+        if gkey not in groups:
+            if user_params is not None:
+                cam = pycolmap.Camera(model=cfg.camera_model, width=w, height=h, params=user_params)
+                cam.has_prior_focal_length = True
+            else:
+                f = focal if focal is not None else 1.2 * max(w, h)
+                cam = pycolmap.Camera.create_from_model_name(
+                    camera_id=len(cams) + 1, model_name=cfg.camera_model, focal_length=f, width=w, height=h
+                )
+                cam.has_prior_focal_length = focal is not None
+            if not cam.verify_params():
+                raise InputError(
+                    f"camera model {cfg.camera_model} expects {cam.params_info} but got params {cfg.camera_params!r}"
+                )
+            groups[gkey] = len(cams)
+            cams.append(cam)
+        assign[n] = groups[gkey]
+    if cfg.camera_mode == "single" and len(cams) > 1:
+        logger.warning("camera_mode=single but the images have %d different sizes: one camera per size", len(cams))
+    return cams, assign
+
+
+def _signature(output: Path, images: Path | None, cfg: DatabaseConfig) -> str:
+    h = hashlib.sha1()
+    for name in ("features.h5", "matches.h5", "pairs.txt"):
+        p = output / name
+        if p.exists():
+            st = p.stat()
+            h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    h.update(str(images).encode())
+    h.update(json.dumps({**asdict(cfg), "overwrite": False, "verbose": False}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def write_database(
+    db_path: Path,
+    features: dict[str, dict[str, np.ndarray]],
+    pair_matches: list[tuple[str, str, np.ndarray]],
+    images: Path | None,
+    cfg: DatabaseConfig,
+) -> dict[str, int]:
+    """Write cameras, images, keypoints (+0.5) and matches into a new database.
+
+    Args:
+        features: {name: {"keypoints": (K, 2) OpenCV-convention pixels, "image_size": (w, h)}}.
+        pair_matches: (name0, name1, (M, 2) int indices into name0's / name1's keypoints).
+    Returns:
+        {image name: database image id}.
+    """
+    import pycolmap
+
+    names = sorted(features)
+    sizes = {n: tuple(int(v) for v in features[n].get("image_size", (0, 0))) for n in names}
+    for n, (w, h) in sizes.items():
+        if images is not None:  # the image header is the authority (features.h5 may hold an estimate)
+            real = image_size(images / n)
+            if (w, h) != real and w > 0:
+                logger.warning("%s: features.h5 says %dx%d, the image is %dx%d; using the image", n, w, h, *real)
+            sizes[n] = real
+        elif w <= 0 or h <= 0:
+            raise InputError(f"image {n} has no size in features.h5 and no image folder was given")
+    cams, assign = make_cameras(names, sizes, images, cfg)
+    ids: dict[str, int] = {}
+    with pycolmap.Database.open(str(db_path)) as db:
+        with pycolmap.DatabaseTransaction(db):
+            cam_ids = [db.write_camera(c) for c in cams]
+            for n in names:
+                ids[n] = db.write_image(pycolmap.Image(name=n, camera_id=cam_ids[assign[n]]))
+                kp = np.asarray(features[n]["keypoints"], np.float32).reshape(-1, 2) + 0.5
+                db.write_keypoints(ids[n], kp)
+            for a, b, m in pair_matches:
+                if len(m) == 0:
+                    continue
+                k0, k1 = len(features[a]["keypoints"]), len(features[b]["keypoints"])
+                m = np.asarray(m, np.int64).reshape(-1, 2)
+                if m.min() < 0 or m[:, 0].max() >= k0 or m[:, 1].max() >= k1:
+                    raise InputError(
+                        f"matches of pair ({a}, {b}) index beyond the keypoints ({k0}, {k1} keypoints): "
+                        "matches.h5 and features.h5 are out of sync; rerun the keypoints stage"
+                    )
+                db.write_matches(ids[a], ids[b], m.astype(np.uint32))
+    return ids
+
+
+def verify_database(db_path: Path, cfg: DatabaseConfig) -> None:
+    """Geometric verification of every matched pair with a fixed RANSAC seed (clears old TVGs)."""
+    import pycolmap
+
+    with pycolmap.Database.open(str(db_path)) as db:
+        db.clear_two_view_geometries()
+    tvo = pycolmap.TwoViewGeometryOptions()
+    tvo.ransac.max_error = cfg.ransac_max_error
+    tvo.ransac.random_seed = cfg.ransac_seed
+    tvo.ransac.max_num_trials = cfg.ransac_max_trials
+    tvo.ransac.min_inlier_ratio = cfg.ransac_min_inlier_ratio
+    tvo.min_num_inliers = cfg.min_num_inliers
+    vo = pycolmap.GeometricVerifierOptions()
+    vo.num_threads = cfg.num_threads
+    pycolmap.geometric_verification(str(db_path), verifier_options=vo, two_view_geometry_options=tvo)
+
+
+def database_stats(db_path: Path) -> dict:
+    """Counts of a database: images, cameras, keypoints, matched and verified (>= 15 inliers) pairs."""
+    import pycolmap
+
+    with pycolmap.Database.open(str(db_path)) as db:
+        pair_ids, n_inl = db.read_two_view_geometry_num_inliers()
+        return {
+            "images": db.num_images(),
+            "cameras": db.num_cameras(),
+            "keypoints": db.num_keypoints(),
+            "matched_pairs": db.num_matched_image_pairs(),
+            "matches": db.num_matches(),
+            "verified_pairs": int(sum(1 for v in n_inl if v >= 15)),
+            "inlier_matches": int(sum(n_inl)),
+        }
+
+
+def image_ids_by_name(db_path: Path) -> dict[str, int]:
+    """{image name: image id} of a database (map by name, never assume id order)."""
+    import pycolmap
+
+    with pycolmap.Database.open(str(db_path)) as db:
+        return {im.name: im.image_id for im in db.read_all_images()}
+
+
+def run_database(output: Path, images: Path, config: DatabaseConfig | None = None) -> Path:
+    """Build ``output/database.db`` from ``features.h5`` + ``matches.h5`` (+ ``pairs.txt``).
+
+    ``images`` is the image folder (EXIF focal priors; sizes when features.h5 lacks them).
+    Returns the database path.
+    """
+    import h5py
+
+    from .keypoints import read_features, read_matches
+
+    cfg = merge_config(DatabaseConfig, config)
+    _quiet(cfg.verbose)
+    output = Path(output)
+    images = Path(images) if images is not None else None
+    db_path = output / "database.db"
+    stamp = output / ".database.json"
+    feats_path, matches_path = output / "features.h5", output / "matches.h5"
+    for p in (feats_path, matches_path):
+        if not p.is_file():
+            raise InputError(f"{p} does not exist: run the keypoints stage first")
+    sig = _signature(output, images, cfg)
+    if not cfg.overwrite and db_path.is_file() and stamp.is_file():
+        try:
+            if json.loads(stamp.read_text()).get("signature") == sig:
+                logger.info("database: %s is up to date, skipping (use overwrite to rebuild)", db_path)
+                return db_path
+        except (OSError, ValueError):
+            pass
+    with Timer() as t:
+        features = read_features(feats_path)
+        if not features:
+            raise InputError(f"{feats_path} holds no image")
+        pairs = read_pairs(output / "pairs.txt", known_names=list(features))
+        pm = []
+        with h5py.File(matches_path, "r") as f:
+            for a, b in pairs:
+                try:
+                    m, _ = read_matches(f, a, b)
+                except KeyError:
+                    continue
+                pm.append((a, b, m))
+        with atomic_path(db_path) as tmp:
+            tmp.unlink()  # pycolmap creates the file
+            write_database(tmp, features, pm, images, cfg)
+            if cfg.verify:
+                verify_database(tmp, cfg)
+            stats = database_stats(tmp)
+        stamp.write_text(json.dumps({"signature": sig, "stats": stats}, indent=1))
+    logger.info(
+        "database: %d images, %d cameras, %d keypoints, %d matched pairs, %d verified pairs in %.1f s",
+        stats["images"], stats["cameras"], stats["keypoints"], stats["matched_pairs"], stats["verified_pairs"], t.seconds,
+    )
+    try:
+        from .reconstruction import record_stage_time
+
+        record_stage_time(output, "database", t.seconds)
+    except Exception:  # pragma: no cover
+        pass
+    return db_path
+
+
+__all__ = ["DatabaseConfig", "CAMERA_MODES", "make_cameras", "write_database", "verify_database", "database_stats",
+           "image_ids_by_name", "run_database"]

@@ -1,0 +1,344 @@
+"""Mapping: database -> COLMAP model (incremental or global), PLY, summary.
+
+Writes into the output folder:
+  model/          the chosen reconstruction (the one with most registered images), COLMAP binary
+  model_txt/      the same model as COLMAP text
+  points.ply      the 3D points with colours
+  summary.json    registered/total, points, mean track length (after removing repeated
+                  observations of one image in one track), mean reprojection error, per-stage
+                  times (``timings.json`` filled by earlier stages via :func:`record_stage_time`)
+
+Low coverage (fewer than ``min_coverage`` of the database images registered) triggers the
+documented fallback: retry the same mapper with ``retry_seeds`` other seeds, then the other
+mapper (incremental <-> global); the attempt with most registered images (then most points)
+wins. Every attempt is listed in summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .io import InputError
+from .utils import Timer, merge_config
+
+logger = logging.getLogger(__name__)
+
+MAPPERS = ("incremental", "global")
+
+
+@dataclass
+class MappingConfig:
+    """Options of the mapping stage."""
+
+    mapper: str = "incremental"  # incremental | global
+    seed: int = 0
+    min_coverage: float = 0.9  # below this registered fraction: retry / fallback
+    retry_seeds: int = 1  # extra seeds tried with the same mapper on low coverage
+    fallback: bool = True  # then try the other mapper
+    min_num_matches: int = 15  # pairs with fewer verified inliers are ignored
+    num_threads: int = -1
+    refine_focal_length: bool = True
+    refine_principal_point: bool = False
+    refine_extra_params: bool = True
+    verbose: bool = False
+    overwrite: bool = False
+
+
+# --------------------------------------------------------------------------- timings
+
+
+def record_stage_time(output: Path, stage: str, seconds: float) -> None:
+    """Store a stage's wall time in ``output/timings.json`` (read by the summary)."""
+    path = Path(output) / "timings.json"
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        data = {}
+    data[stage] = round(float(seconds), 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def read_stage_times(output: Path) -> dict[str, float]:
+    path = Path(output) / "timings.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def model_stats(rec) -> dict:
+    """Statistics of a pycolmap.Reconstruction.
+
+    ``mean_track_length`` counts each image at most once per track; ``duplicate_observations``
+    is the number of removed repeated observations (0 after a correct merge).
+    """
+    n_pts = rec.num_points3D()
+    lengths, dups = [], 0
+    for p in rec.points3D.values():
+        ids = [el.image_id for el in p.track.elements]
+        u = len(set(ids))
+        lengths.append(u)
+        dups += len(ids) - u
+    return {
+        "registered": rec.num_reg_images(),
+        "points": n_pts,
+        "observations": rec.compute_num_observations(),
+        "mean_track_length": float(np.mean(lengths)) if lengths else 0.0,
+        "duplicate_observations": int(dups),
+        "mean_reprojection_error": float(rec.compute_mean_reprojection_error()) if n_pts else 0.0,
+    }
+
+
+# --------------------------------------------------------------------------- mapping
+
+
+def _quiet(verbose: bool) -> None:
+    import pycolmap
+
+    pycolmap.logging.minloglevel = 0 if verbose else 2
+
+
+def _map_once(db_path: Path, images: Path, work: Path, mapper: str, seed: int, cfg: MappingConfig):
+    """One mapper run; returns the largest model (or None) and the number of models."""
+    import pycolmap
+
+    work.mkdir(parents=True, exist_ok=True)
+    if mapper == "incremental":
+        o = pycolmap.IncrementalPipelineOptions()
+        o.num_threads = cfg.num_threads
+        o.random_seed = seed
+        o.min_num_matches = cfg.min_num_matches
+        o.ba_refine_focal_length = cfg.refine_focal_length
+        o.ba_refine_principal_point = cfg.refine_principal_point
+        o.ba_refine_extra_params = cfg.refine_extra_params
+        recs = pycolmap.incremental_mapping(str(db_path), str(images), str(work), options=o)
+    elif mapper == "global":
+        o = pycolmap.GlobalPipelineOptions()
+        o.num_threads = cfg.num_threads
+        o.random_seed = seed
+        o.min_num_matches = cfg.min_num_matches
+        ba = o.mapper.bundle_adjustment
+        ba.refine_focal_length = cfg.refine_focal_length
+        ba.refine_principal_point = cfg.refine_principal_point
+        ba.refine_extra_params = cfg.refine_extra_params
+        recs = pycolmap.global_mapping(str(db_path), str(images), str(work), options=o)
+    else:
+        raise ValueError(f"unknown mapper {mapper!r}; choose one of {MAPPERS}")
+    if not recs:
+        return None, 0
+    best = max(recs.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
+    return best, len(recs)
+
+
+def map_database(db_path: Path, images: Path, cfg: MappingConfig, num_images: int):
+    """Run the mapper with the retry / fallback policy. Returns (best model or None, attempts)."""
+    order = [(cfg.mapper, cfg.seed)] + [(cfg.mapper, cfg.seed + k + 1) for k in range(cfg.retry_seeds)]
+    if cfg.fallback:
+        other = "global" if cfg.mapper == "incremental" else "incremental"
+        order.append((other, cfg.seed))
+    best, attempts = None, []
+    with tempfile.TemporaryDirectory(prefix="loftr_sfm_map_") as tmpdir:
+        for k, (mapper, seed) in enumerate(order):
+            t0 = time.perf_counter()
+            rec, n_models = _map_once(db_path, images, Path(tmpdir) / str(k), mapper, seed, cfg)
+            reg = rec.num_reg_images() if rec is not None else 0
+            attempts.append({"mapper": mapper, "seed": seed, "models": n_models, "registered": reg,
+                             "points": rec.num_points3D() if rec is not None else 0,
+                             "seconds": round(time.perf_counter() - t0, 3)})
+            logger.info("mapping attempt %d (%s, seed %d): %d models, %d/%d images registered",
+                        k + 1, mapper, seed, n_models, reg, num_images)
+            if rec is not None and (best is None or (reg, rec.num_points3D()) > (best.num_reg_images(), best.num_points3D())):
+                best = rec
+            if best is not None and best.num_reg_images() >= cfg.min_coverage * num_images:
+                break
+            if k + 1 < len(order):
+                logger.warning("mapping: low coverage (%d/%d registered), retrying with %s seed %d",
+                               reg, num_images, *order[k + 1])
+    return best, attempts
+
+
+def write_model(rec, output: Path) -> None:
+    """model/ (binary), model_txt/ (text) and points.ply, each replaced atomically."""
+    output = Path(output)
+    for sub, writer in (("model", rec.write_binary), ("model_txt", rec.write_text)):
+        final = output / sub
+        tmp = Path(tempfile.mkdtemp(prefix=f".{sub}.", dir=output))
+        writer(str(tmp))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.replace(final)
+    tmp_ply = output / ".points.ply.tmp"
+    rec.export_PLY(str(tmp_ply))
+    tmp_ply.replace(output / "points.ply")
+
+
+def run_mapping(
+    output: Path,
+    images: Path,
+    config: MappingConfig | None = None,
+    stage_times: Mapping[str, float] | None = None,
+) -> dict:
+    """Map ``output/database.db``; write model/, model_txt/, points.ply, summary.json.
+
+    Args:
+        stage_times: wall times (s) of earlier stages measured by the caller (e.g.
+            ``reconstruct``); stored in ``timings.json`` and reported in the summary.
+    Returns:
+        the summary dict (also in ``summary.json``); the model itself is in ``output/model``
+        (:func:`load_model`). Raises InputError if the database is missing; if no model could
+        be built the summary says so (registered 0) and no model is written.
+    """
+    import pycolmap
+
+    cfg = merge_config(MappingConfig, config)
+    for stage, seconds in (stage_times or {}).items():
+        record_stage_time(output, stage, seconds)
+    if cfg.mapper not in MAPPERS:
+        raise ValueError(f"unknown mapper {cfg.mapper!r}; choose one of {MAPPERS}")
+    _quiet(cfg.verbose)
+    output = Path(output)
+    db_path = output / "database.db"
+    if not db_path.is_file():
+        raise InputError(f"{db_path} does not exist: run the database stage first")
+    images = Path(images)
+    if not images.is_dir():
+        raise InputError(f"image folder {images} does not exist")
+    summary_path = output / "summary.json"
+    if not cfg.overwrite and summary_path.is_file() and (output / "model").is_dir():
+        try:
+            old = json.loads(summary_path.read_text())
+            if old.get("database_mtime_ns") == db_path.stat().st_mtime_ns and old.get("config") == {
+                **asdict(cfg), "overwrite": False, "verbose": False
+            }:
+                logger.info("mapping: %s is up to date, skipping (use overwrite to recompute)", output / "model")
+                old["times"] = read_stage_times(output)
+                return old
+        except (OSError, ValueError):
+            pass
+    with pycolmap.Database.open(str(db_path)) as db:
+        num_images = db.num_images()
+    with Timer() as t:
+        rec, attempts = map_database(db_path, images, cfg, num_images)
+        if rec is not None:
+            write_model(rec, output)
+    record_stage_time(output, "mapping", t.seconds)
+    stats = model_stats(rec) if rec is not None else {"registered": 0, "points": 0, "observations": 0,
+                                                      "mean_track_length": 0.0, "duplicate_observations": 0,
+                                                      "mean_reprojection_error": 0.0}
+    summary = {
+        "num_images": num_images,
+        **stats,
+        "registered_fraction": stats["registered"] / max(num_images, 1),
+        "mapper": cfg.mapper,
+        "attempts": attempts,
+        "times": read_stage_times(output),
+        "config": {**asdict(cfg), "overwrite": False, "verbose": False},
+        "database_mtime_ns": db_path.stat().st_mtime_ns,
+    }
+    tmp = summary_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.replace(summary_path)
+    logger.info(
+        "reconstruction: %d/%d images registered, %d points, mean track length %.2f, reprojection error %.3f px "
+        "(mapping %.1f s)", stats["registered"], num_images, stats["points"], stats["mean_track_length"],
+        stats["mean_reprojection_error"], t.seconds,
+    )
+    if rec is None:
+        logger.error("mapping failed: no model could be built from %s", db_path)
+    return summary
+
+
+def load_model(output: Path):
+    """The chosen reconstruction of an output folder (``output/model``) as pycolmap.Reconstruction."""
+    import pycolmap
+
+    path = Path(output) / "model"
+    if not path.is_dir():
+        raise InputError(f"{path} does not exist: run the mapping stage first")
+    return pycolmap.Reconstruction(str(path))
+
+
+def triangulate_from_poses(
+    poses,
+    db_path: Path,
+    images: Path,
+    output: Path | None = None,
+    refine_intrinsics: bool = False,
+    verbose: bool = False,
+):
+    """Triangulate points with known, fixed camera poses (COLMAP's point_triangulator).
+
+    Args:
+        poses: a pycolmap.Reconstruction (or a path to one) whose images are matched to the
+            database BY NAME; its cameras give the intrinsics (written into a temporary copy
+            of the database, which itself is not modified). Images of the database that are
+            not in the pose model are ignored.
+        db_path: database with keypoints, matches and two-view geometries.
+        images: image folder (colours).
+        output: if given, the result is written there (COLMAP binary).
+    Returns:
+        the triangulated pycolmap.Reconstruction (poses unchanged).
+    """
+    import pycolmap
+
+    _quiet(verbose)
+    src = poses if isinstance(poses, pycolmap.Reconstruction) else pycolmap.Reconstruction(str(poses))
+    with tempfile.TemporaryDirectory(prefix="loftr_sfm_tri_") as tmp:
+        # work on a copy of the database: its cameras take the known intrinsics of the pose
+        # model (COLMAP requires the model's and the database's cameras to be identical)
+        db_copy = Path(tmp) / "database.db"
+        shutil.copyfile(db_path, db_copy)
+        rec = pycolmap.Reconstruction()
+        with pycolmap.Database.open(str(db_copy)) as db:
+            db_images = {im.name: im for im in db.read_all_images()}
+            db_cams = {c.camera_id: c for c in db.read_all_cameras()}
+            added: dict[int, object] = {}
+            for img in sorted(src.images.values(), key=lambda im: im.name):
+                dbi = db_images.get(img.name)
+                if dbi is None:
+                    logger.warning("triangulate_from_poses: image %s is not in the database, skipped", img.name)
+                    continue
+                cid = dbi.camera_id
+                if cid not in added:
+                    sc, dc = src.cameras[img.camera_id], db_cams[cid]
+                    if (sc.width, sc.height) == (dc.width, dc.height):
+                        cam = pycolmap.Camera(camera_id=cid, model=sc.model, width=sc.width, height=sc.height,
+                                              params=list(sc.params))
+                        cam.has_prior_focal_length = True
+                        db.update_camera(cam)
+                    else:
+                        logger.warning("triangulate_from_poses: camera of %s is %dx%d in the pose model but %dx%d in the "
+                                       "database; keeping the database intrinsics", img.name, sc.width, sc.height,
+                                       dc.width, dc.height)
+                        cam = dc
+                    rec.add_camera_with_trivial_rig(cam)
+                    added[cid] = cam
+                rec.add_image_with_trivial_frame(
+                    pycolmap.Image(name=img.name, camera_id=cid, image_id=dbi.image_id), img.cam_from_world())
+        if rec.num_images() == 0:
+            raise InputError(f"no image of the pose model is in {db_path}")
+        out = pycolmap.triangulate_points(rec, str(db_copy), str(images), tmp, clear_points=True,
+                                          options=pycolmap.IncrementalPipelineOptions(), refine_intrinsics=refine_intrinsics)
+    if output is not None:
+        Path(output).mkdir(parents=True, exist_ok=True)
+        out.write_binary(str(output))
+    return out
+
+
+__all__ = ["MappingConfig", "MAPPERS", "run_mapping", "load_model", "map_database", "model_stats", "write_model",
+           "triangulate_from_poses", "record_stage_time", "read_stage_times"]

@@ -1,0 +1,152 @@
+"""COLMAP database stage: +0.5 convention, camera modes, names -> ids, two-view geometries, resume."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pycolmap
+import pytest
+
+from loftr_sfm.database import DatabaseConfig, database_stats, image_ids_by_name, run_database, verify_database
+from loftr_sfm.io import InputError
+from loftr_sfm.keypoints import read_features, read_matches, run_keypoints
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "datasets"))
+import synthetic  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """6 images: sub-folders with equal file names, one portrait and one smaller image."""
+    out = tmp_path_factory.mktemp("db_scene")
+    synthetic.generate(out, synthetic.SceneConfig(num_images=6, width=320, height=240, focal=280, subfolders=True,
+                                                  portrait=[3], sizes={5: [256, 192]}, seed=3))
+    run_keypoints(out, out / "images")
+    return out
+
+
+def _db(path):
+    return pycolmap.Database.open(str(path))
+
+
+def test_keypoints_shifted_by_half_pixel_and_names_map_to_ids(scene):
+    run_database(scene, scene / "images", {"overwrite": True})
+    feats = read_features(scene / "features.h5")
+    ids = image_ids_by_name(scene / "database.db")
+    assert sorted(ids) == sorted(feats) and len(ids) == 6
+    assert "a/img_000.png" in ids and "b/img_000.png" in ids  # equal file names, different folders
+    with _db(scene / "database.db") as db, h5py.File(scene / "matches.h5", "r") as mf:
+        for name, iid in ids.items():
+            np.testing.assert_allclose(db.read_keypoints(iid), feats[name]["keypoints"] + 0.5, atol=1e-4)
+        pairs = [tuple(line.split()) for line in (scene / "pairs.txt").read_text().splitlines()]
+        for a, b in pairs:
+            m, _ = read_matches(mf, a, b)
+            dbm = db.read_matches(ids[a], ids[b])
+            np.testing.assert_array_equal(np.sort(dbm.astype(np.int64), axis=0), np.sort(m, axis=0))
+
+
+def test_two_view_geometries_are_usable_and_reverification_clears(scene):
+    run_database(scene, scene / "images", {"overwrite": True})
+    db_path = scene / "database.db"
+    with _db(db_path) as db:
+        tvgs = db.read_two_view_geometries()
+        pair_ids, geoms = tvgs
+        configs = [g.config for g in geoms if len(g.inlier_matches) >= 15]
+        inl_default = sum(len(g.inlier_matches) for g in geoms)
+    assert len(configs) >= 10
+    assert all(c != pycolmap.TwoViewGeometryConfiguration.UNDEFINED for c in configs)
+    # re-verification with a much tighter threshold changes the result (old TVGs are cleared)
+    verify_database(db_path, DatabaseConfig(ransac_max_error=0.05, ransac_max_trials=500))
+    with _db(db_path) as db:
+        inl_tight = sum(len(g.inlier_matches) for g in db.read_two_view_geometries()[1])
+    assert inl_tight < 0.9 * inl_default
+    # deterministic: same options, same inliers
+    verify_database(db_path, DatabaseConfig())
+    with _db(db_path) as db:
+        assert sum(len(g.inlier_matches) for g in db.read_two_view_geometries()[1]) == inl_default
+
+
+@pytest.mark.parametrize("mode,expected", [("per_image", 6), ("single", 3), ("per_folder", 4), ("auto", 6)])
+def test_camera_modes_never_share_across_sizes(scene, mode, expected):
+    run_database(scene, scene / "images", {"camera_mode": mode, "verify": False, "overwrite": True})
+    with _db(scene / "database.db") as db:
+        cams = {c.camera_id: c for c in db.read_all_cameras()}
+        assert len(cams) == expected
+        assert db.num_images() == 6  # nobody dropped
+        for im in db.read_all_images():
+            w, h = read_features(scene / "features.h5")[im.name]["image_size"]
+            assert (cams[im.camera_id].width, cams[im.camera_id].height) == (w, h)
+            assert not cams[im.camera_id].has_prior_focal_length  # PNGs: no EXIF
+
+
+def test_user_camera_params_fix_intrinsics(scene):
+    run_database(scene, scene / "images",
+                 {"camera_mode": "single", "camera_model": "PINHOLE", "camera_params": "280,280,160,120",
+                  "verify": False, "overwrite": True})
+    with _db(scene / "database.db") as db:
+        cams = db.read_all_cameras()
+        assert all(c.model.name == "PINHOLE" and c.has_prior_focal_length for c in cams)
+        assert any(list(c.params) == [280, 280, 160, 120] for c in cams)
+    with pytest.raises(InputError, match="PINHOLE"):
+        run_database(scene, scene / "images", {"camera_model": "PINHOLE", "camera_params": "280,280", "overwrite": True})
+
+
+def test_exif_focal_prior(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "o"
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    out.mkdir()
+    exif = Image.Exif()
+    exif[0x010F] = "Canon"  # Make
+    exif[0x0110] = "Canon EOS 5D"  # Model
+    exif_ifd = {0x920A: 50.0, 0xA405: 50}  # FocalLength, FocalLengthIn35mmFilm
+    exif[0x8769] = exif_ifd
+    for n in ("x.jpg", "y.jpg"):
+        Image.fromarray(np.full((300, 400, 3), 128, np.uint8)).save(img_dir / n, exif=exif)
+    cam = pycolmap.infer_camera_from_image(str(img_dir / "x.jpg"))
+    if not cam.has_prior_focal_length:
+        pytest.skip("this pycolmap build does not read the EXIF written by Pillow")
+    (out / "pairs.txt").write_text("x.jpg y.jpg\n")
+    with h5py.File(out / "matches.h5", "w") as f:
+        g = f.create_group("x.jpg/y.jpg")
+        g.create_dataset("keypoints0", data=np.array([[10, 10]], np.float32))
+        g.create_dataset("keypoints1", data=np.array([[12, 11]], np.float32))
+        g.create_dataset("scores", data=np.ones(1, np.float32))
+    run_keypoints(out, img_dir)
+    run_database(out, img_dir, {"verify": False})
+    with _db(out / "database.db") as db:
+        cams = db.read_all_cameras()
+    assert len(cams) == 1  # auto: same size and EXIF focal -> shared
+    assert cams[0].has_prior_focal_length
+    assert abs(cams[0].mean_focal_length() - cam.mean_focal_length()) < 1e-6
+
+
+def test_resume_and_bad_matches(scene, tmp_path):
+    p = run_database(scene, scene / "images", {"overwrite": True})
+    mtime = p.stat().st_mtime_ns
+    assert run_database(scene, scene / "images") == p
+    assert p.stat().st_mtime_ns == mtime  # reused
+    run_database(scene, scene / "images", {"ransac_max_error": 3.0})  # options changed -> rebuilt
+    assert p.stat().st_mtime_ns != mtime
+    stats = database_stats(p)
+    assert stats["images"] == 6 and stats["verified_pairs"] >= 10
+    # out-of-sync matches -> clear error, the existing database stays intact
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for n in ("features.h5", "matches.h5", "pairs.txt"):
+        (bad / n).write_bytes((scene / n).read_bytes())
+    with h5py.File(bad / "matches.h5", "r+") as f:
+        key = next(iter(f.keys()))
+        g = f[key][next(iter(f[key].keys()))]
+        m = np.asarray(g["matches0"])
+        m[np.flatnonzero(m >= 0)[0]] = 10**6
+        del g["matches0"]
+        g.create_dataset("matches0", data=m)
+    with pytest.raises(InputError, match="out of sync"):
+        run_database(bad, scene / "images")
+    assert not (bad / "database.db").exists()

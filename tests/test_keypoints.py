@@ -1,0 +1,256 @@
+"""The keypoint merge: tracks, one keypoint per image per track, one-to-one, budget, determinism,
+bring-your-own-matcher layout, resumability."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from loftr_sfm.io import InputError, names_to_pair
+from loftr_sfm.keypoints import (
+    merge_matches,
+    read_features,
+    read_matches,
+    run_keypoints,
+    track_stats,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _merge(pairs, k0, k1, sc=None, n=None, **kw):
+    pairs = np.array(pairs)
+    k0 = [np.array(a, np.float32).reshape(-1, 2) for a in k0]
+    k1 = [np.array(a, np.float32).reshape(-1, 2) for a in k1]
+    sc = sc or [np.ones(len(a), np.float32) for a in k0]
+    sc = [np.array(s, np.float32) for s in sc]
+    return merge_matches(pairs, k0, k1, sc, n or int(pairs.max()) + 1, **kw)
+
+
+def _dict_matches(res, p):
+    return {int(a): int(b) for a, b in res.matches[p]}
+
+
+def _assert_valid(res, pairs):
+    """Index ranges, one-to-one per pair, no two keypoints of one image in one track."""
+    for p, m in enumerate(res.matches):
+        i0, i1 = pairs[p]
+        assert (m[:, 0] < len(res.keypoints[i0])).all() and (m[:, 1] < len(res.keypoints[i1])).all()
+        assert len(np.unique(m[:, 0])) == len(m) and len(np.unique(m[:, 1])) == len(m)
+    ts = track_stats([len(k) for k in res.keypoints], np.array(pairs), res.matches)
+    assert ts["same_image_duplicates"] == 0
+    return ts
+
+
+def test_point_seen_in_three_pairs_becomes_one_track():
+    # one physical point: image0 lattice (10,10), image1 (20.3,20.2), image2 (30.1,30.4)
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    res = _merge(pairs, [[10, 10], [10, 10], [20, 20]], [[20.3, 20.2], [30.1, 30.4], [30.6, 30.2]])
+    assert [len(k) for k in res.keypoints] == [1, 1, 1]
+    assert all(len(m) == 1 for m in res.matches)
+    ts = _assert_valid(res, pairs)
+    assert ts["tracks"] == 1 and ts["mean_track_length"] == 3.0
+    # positions: weighted means of the observations of each cell
+    np.testing.assert_allclose(res.keypoints[0][0], [10, 10])
+    np.testing.assert_allclose(res.keypoints[1][0], [20.15, 20.1], atol=1e-5)
+    np.testing.assert_allclose(res.keypoints[2][0], [30.35, 30.3], atol=1e-5)
+
+
+def test_without_shared_cells_no_track_forms():
+    # sub-pixel positions in different 1-px cells and no path between them: 3 two-view tracks
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    res = _merge(pairs, [[10, 10], [10, 10], [50, 50]], [[20.3, 20.2], [30.1, 30.4], [70.6, 70.2]])
+    assert [len(k) for k in res.keypoints] == [1, 2, 2]
+    ts = _assert_valid(res, pairs)
+    assert ts["tracks"] == 2 and ts["max_track_length"] == 3
+
+
+def test_close_duplicates_of_one_image_in_one_track_are_merged():
+    # image1 sees the point at (20.8, 20.2) in pair (0,1) and at (21.3, 20.2) in pair (2,1): two
+    # cells, same track -> merged into one keypoint (within max_error)
+    pairs = [(0, 1), (0, 2), (2, 1)]
+    res = _merge(pairs, [[10, 10], [10, 10], [30, 30]], [[20.8, 20.2], [30.4, 30.4], [21.3, 20.2]],
+                 sc=[[0.9], [0.9], [0.5]], cell_size=1.0, max_error=2.0)
+    assert [len(k) for k in res.keypoints] == [1, 1, 1]
+    assert res.stats["merged_nodes"] == 1
+    np.testing.assert_allclose(res.keypoints[1][0], [(0.9 * 20.8 + 0.5 * 21.3) / 1.4, 20.2], atol=1e-5)
+    ts = _assert_valid(res, pairs)
+    assert ts["tracks"] == 1 and ts["mean_track_length"] == 3
+
+
+def test_far_duplicates_are_cut_not_merged():
+    # an outlier (low score) in pair (2,1) links image2's point to a far point of image1
+    pairs = [(0, 1), (0, 2), (2, 1), (3, 1)]
+    k0 = [[10, 10], [10, 10], [30, 30], [5, 5]]
+    k1 = [[20.2, 20.2], [30.4, 30.4], [60.5, 60.5], [60.5, 60.5]]
+    res = _merge(pairs, k0, k1, sc=[[0.9], [0.9], [0.2], [0.9]], cell_size=1.0, max_error=2.0)
+    ts = _assert_valid(res, pairs)
+    assert res.stats["merged_nodes"] == 0 and res.stats["cut_edges"] >= 1
+    assert len(res.matches[2]) == 0  # the weak outlier edge is the one cut
+    assert [len(m) for m in (res.matches[0], res.matches[1], res.matches[3])] == [1, 1, 1]
+    assert ts["tracks"] == 2
+
+
+def test_one_to_one_best_score_wins():
+    # two image0 keypoints in one cell (cell 4) matched to two far-apart image1 points
+    pairs = [(0, 1)]
+    res = _merge(pairs, [[[8.2, 8.1], [9.7, 9.9]]], [[[40, 40], [90, 90]]], sc=[[0.4, 0.8]], cell_size=4.0, max_error=1.0)
+    assert len(res.keypoints[0]) == 1 and len(res.matches[0]) == 1
+    np.testing.assert_allclose(res.keypoints[1][res.matches[0][0, 1]], [90, 90])
+    _assert_valid(res, pairs)
+
+
+def _random_scene(seed=0, n_img=6, n_pts=400, noise=0.4, outliers=0.1):
+    """Points on a plane seen by n_img similarity-transformed images, exhaustive pairs."""
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(0, 300, (n_pts, 2))
+    A = [np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) * s for a, s in
+         zip(rng.normal(0, 0.1, n_img), rng.uniform(0.9, 1.1, n_img))]
+    t = rng.uniform(0, 40, (n_img, 2))
+    pairs, k0, k1, sc = [], [], [], []
+    for i in range(n_img):
+        for j in range(i + 1, n_img):
+            sel = rng.random(n_pts) < 0.8
+            a = np.round(X[sel] @ A[i].T + t[i])  # 1-px lattice
+            b = X[sel] @ A[j].T + t[j] + rng.normal(0, noise, (sel.sum(), 2))
+            o = rng.random(len(b)) < outliers
+            b[o] = rng.uniform(0, 300, (o.sum(), 2))
+            pairs.append((i, j))
+            k0.append(a.astype(np.float32))
+            k1.append(b.astype(np.float32))
+            sc.append(rng.uniform(0.3, 1, len(a)).astype(np.float32))
+    return np.array(pairs), k0, k1, sc, n_img
+
+
+def test_random_scene_rule_holds_and_tracks_are_long():
+    pairs, k0, k1, sc, n = _random_scene()
+    res = merge_matches(pairs, k0, k1, sc, n, cell_size=1.0, max_error=2.0)
+    ts = _assert_valid(res, pairs)
+    # every point is seen by ~80% of the pairs; lattice side shared -> long tracks
+    assert ts["mean_track_length"] > 3.0
+    # without a merge (cells far below the noise, no close-duplicate merge) tracks are shorter
+    res0 = merge_matches(pairs, k0, k1, sc, n, cell_size=0.001, max_error=0.0)
+    assert track_stats([len(k) for k in res0.keypoints], pairs, res0.matches)["mean_track_length"] < ts["mean_track_length"]
+
+
+def test_budget_keeps_best_keypoints_and_valid_indices():
+    pairs, k0, k1, sc, n = _random_scene(seed=1)
+    full = merge_matches(pairs, k0, k1, sc, n)
+    res = merge_matches(pairs, k0, k1, sc, n, max_keypoints=50)
+    assert all(len(k) <= 50 for k in res.keypoints)
+    assert max(len(k) for k in full.keypoints) > 50
+    _assert_valid(res, pairs)
+    assert res.stats["budget_dropped"] > 0
+
+
+def test_deterministic_and_order_independent():
+    pairs, k0, k1, sc, n = _random_scene(seed=2)
+    a = merge_matches(pairs, k0, k1, sc, n)
+    b = merge_matches(pairs, k0, k1, sc, n)
+    for x, y in zip(a.keypoints + a.matches, b.keypoints + b.matches):
+        np.testing.assert_array_equal(x, y)
+    # shuffling the matches inside each pair gives the same keypoints and matches (up to float
+    # summation order in the weighted means)
+    rng = np.random.default_rng(0)
+    perm = [rng.permutation(len(k)) for k in k0]
+    c = merge_matches(pairs, [k[p] for k, p in zip(k0, perm)], [k[p] for k, p in zip(k1, perm)],
+                      [s[p] for s, p in zip(sc, perm)], n)
+    for x, y in zip(a.keypoints, c.keypoints):
+        np.testing.assert_allclose(x, y, atol=1e-4)
+    for x, y in zip(a.matches, c.matches):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_matches_agree_with_vectorized_python_reference():
+    sys.path.insert(0, str(REPO / "pipelines"))
+    from bench_merge import python_merge
+
+    pairs, k0, k1, sc, n = _random_scene(seed=3, n_img=5, n_pts=200, outliers=0.2)
+    res = merge_matches(pairs, k0, k1, sc, n, cell_size=1.0, max_error=2.0, max_keypoints=150)
+    kps, _, mts, _ = python_merge(pairs, k0, k1, sc, n, 1.0, 2.0, max_keypoints=150)
+    assert [len(k) for k in kps] == [len(k) for k in res.keypoints]
+    for p, m in enumerate(mts):
+        np.testing.assert_array_equal(np.array([(a, b) for a, b, _ in m]).reshape(-1, 2), res.matches[p])
+
+
+def _write_raw(path: Path, groups: dict):
+    with h5py.File(path, "w") as f:
+        for key, d in groups.items():
+            g = f.create_group(key)
+            for k, v in d.items():
+                g.create_dataset(k, data=np.asarray(v, np.float32))
+
+
+def test_run_keypoints_bring_your_own_matcher(tmp_path):
+    """hloc dense layout written by hand: subfolder names, a reversed group, no scores dataset."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "pairs.txt").write_text("a/x.png b/x.png\na/x.png c.png\nc.png b/x.png\n")
+    groups = {
+        names_to_pair("a/x.png", "b/x.png"): {"keypoints0": [[10, 10], [40, 40]], "keypoints1": [[20.2, 20.1], [50, 50]],
+                                              "scores": [0.9, 0.8]},
+        # stored reversed: (c.png, a/x.png)
+        names_to_pair("c.png", "a/x.png"): {"keypoints0": [[30.3, 30.2]], "keypoints1": [[10, 10]]},
+        names_to_pair("c.png", "b/x.png"): {"keypoints0": [[30, 30]], "keypoints1": [[20.4, 20.3]], "scores": [0.7]},
+    }
+    _write_raw(out / "matches.h5", groups)
+    feats = run_keypoints(out)
+    f = read_features(feats)
+    assert sorted(f) == ["a/x.png", "b/x.png", "c.png"]
+    assert [len(f[n]["keypoints"]) for n in sorted(f)] == [2, 2, 1]
+    with h5py.File(out / "matches.h5", "r") as h:
+        for a, b in [("a/x.png", "b/x.png"), ("a/x.png", "c.png"), ("c.png", "b/x.png")]:
+            m, s = read_matches(h, a, b)
+            assert len(m) >= 1
+            # matched keypoints are the same physical point: within 1 px of the raw positions
+            ka, kb = f[a]["keypoints"][m[:, 0]], f[b]["keypoints"][m[:, 1]]
+            assert np.abs(ka - kb).max() < 25
+        g = h[names_to_pair("c.png", "a/x.png")]
+        assert len(g["matches0"]) == len(f["c.png"]["keypoints"])  # indexes the group's own image0
+        assert g["matches0"].dtype == np.int32
+    ts = track_stats([len(f[n]["keypoints"]) for n in sorted(f)], np.array([(0, 1), (2, 0), (2, 1)]),
+                     [read_matches(h5py.File(out / "matches.h5", "r"), *p)[0] for p in
+                      [("a/x.png", "b/x.png"), ("c.png", "a/x.png"), ("c.png", "b/x.png")]])
+    assert ts["max_track_length"] == 3 and ts["same_image_duplicates"] == 0
+
+
+def test_run_keypoints_resume_and_errors(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "pairs.txt").write_text("a.png b.png\n")
+    with pytest.raises(InputError, match="matches.h5"):
+        run_keypoints(out)
+    _write_raw(out / "matches.h5", {"a.png/b.png": {"keypoints0": [[1, 1]], "keypoints1": [[2, 2], [3, 3]]}})
+    with pytest.raises(InputError, match="inconsistent lengths"):
+        run_keypoints(out)
+    _write_raw(out / "matches.h5", {"a.png/b.png": {"keypoints0": [[1, 1]], "keypoints1": [[2, 2]], "scores": [1]}})
+    p = run_keypoints(out)
+    mtime = p.stat().st_mtime_ns
+    run_keypoints(out)  # up to date: not rewritten
+    assert p.stat().st_mtime_ns == mtime
+    run_keypoints(out, config={"max_keypoints": 10})  # config changed: recomputed
+    assert p.stat().st_mtime_ns != mtime
+    with pytest.raises(ValueError, match="unknown KeypointsConfig"):
+        run_keypoints(out, config={"cellsize": 2})
+
+
+def test_auto_preset_follows_the_matcher_attribute(tmp_path):
+    import json
+
+    (tmp_path / "pairs.txt").write_text("a.png b.png\n")
+    _write_raw(tmp_path / "matches.h5", {"a.png/b.png": {"keypoints0": [[1, 1]], "keypoints1": [[2, 2]]}})
+    run_keypoints(tmp_path)
+    with h5py.File(tmp_path / "features.h5", "r") as f:
+        assert json.loads(f.attrs["loftr_sfm_config"])["cell_size"] == 1.0  # no attribute: eloftr
+    with h5py.File(tmp_path / "matches.h5", "r+") as f:
+        f.attrs["matcher"] = "sift"
+    run_keypoints(tmp_path)
+    with h5py.File(tmp_path / "features.h5", "r") as f:
+        cfg = json.loads(f.attrs["loftr_sfm_config"])
+    assert (cfg["cell_size"], cfg["max_error"]) == (0.25, 1.0)
+    with pytest.raises(ValueError, match="preset"):
+        run_keypoints(tmp_path, config={"preset": "superglue"})
