@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image1", type=Path)
     p.add_argument("--out", type=Path, default=None, help="PNG with the matches drawn")
     p.add_argument("--weights", default="zju-community/efficientloftr", help="hub id, directory or checkpoint file")
-    p.add_argument("--max-side", type=int, default=None, help="resize so the longer side is at most this (multiple of 32)")
+    p.add_argument("--max-side", type=int, default=1024, help="resize so the longer side is at most this (sides rounded to multiples of 32)")
     p.add_argument("--threshold", type=float, default=None, help="coarse matching threshold")
     p.add_argument("--device", default="auto")
 

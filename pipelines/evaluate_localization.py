@@ -1,0 +1,243 @@
+"""Hold-out localization benchmark: castle-P30 and fox, every third image a query.
+
+For each scene and matcher:
+
+1. split the images: image ``i`` (in name order) is a query when ``i % 3 == 1`` (so the first
+   and last images belong to the map), the others form the map (symlinked into
+   ``WORK/<scene>/map_images`` and ``WORK/<scene>/queries``);
+2. build the map from the map images with the library's stages (``reconstruct``: pairs ->
+   matching -> keypoints -> database -> mapping), resumable, in ``WORK/<scene>/map_<matcher>``;
+3. localize the queries (``Localizer``: retrieval, matching, 2D-3D, PnP) -> ``poses.txt`` and
+   ``localize_log.json`` in ``WORK/<scene>/loc_<matcher>``;
+4. evaluate against GT: the map is first aligned to GT with a Sim(3) on the MAP images' camera
+   centres (our maps have an arbitrary gauge; fox's GT is itself only defined up to a
+   similarity), then recall at (0.25 m, 2 deg), (0.5 m, 5 deg), (5 m, 10 deg), median errors,
+   seconds per query and the matching share of that time.
+
+Intrinsics policy (printed in the table): by default the map uses one shared camera per scene
+(``camera_mode=single``, SIMPLE_RADIAL, focal estimated by the mapper) and queries reuse the
+map's camera (``camera_source=map``: same device). ``--gt-intrinsics`` gives both the map and
+the queries the GT calibration instead (PINHOLE / OPENCV parameters from ``gt/cameras.txt``).
+
+Usage:
+    python pipelines/evaluate_localization.py --scenes castle-P30 fox --matchers xfeat-star sift \
+        --work /tmp/loc_eval [--data ../shared/data] [--max-queries N] [--table results.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from loftr_sfm.evaluation import (  # noqa: E402
+    DEFAULT_RECALL_THRESHOLDS,
+    camera_centers,
+    scene_extent,
+    evaluate_localization,
+    evaluate_reconstruction,
+    recall_key,
+    save_json,
+)
+from loftr_sfm.io import list_images  # noqa: E402
+
+logger = logging.getLogger("evaluate_localization")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+
+#: per scene: pairs method and options for the map (fox is a video: sequential + loop closure)
+SCENES = {
+    "castle-P30": {"pairs": {"method": "exhaustive"}},
+    "herzjesu-P8": {"pairs": {"method": "exhaustive"}},
+    "fox": {"pairs": {"method": "sequential", "num_neighbors": 6, "loop_closure": True}},
+}
+
+
+def split(names: list[str], every: int = 3, offset: int = 1) -> tuple[list[str], list[str]]:
+    """(map names, query names): query when ``index % every == offset``."""
+    queries = [n for i, n in enumerate(names) if i % every == offset]
+    qs = set(queries)
+    return [n for n in names if n not in qs], queries
+
+
+def link_images(src: Path, dst: Path, names: list[str]) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        target = dst / n
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            os.symlink((src / n).resolve(), target)
+
+
+def gt_camera_params(gt_dir: Path) -> tuple[str, str]:
+    """(model name, 'p1,p2,...') of the (single) GT camera."""
+    import pycolmap
+
+    rec = pycolmap.Reconstruction(str(gt_dir))
+    cams = list(rec.cameras.values())
+    if len(cams) != 1:
+        raise SystemExit(f"{gt_dir}: --gt-intrinsics needs exactly one GT camera, found {len(cams)}")
+    c = cams[0]
+    return c.model_name, ",".join(f"{v:.10g}" for v in c.params)
+
+
+def build_map(images: Path, output: Path, **configs) -> dict:
+    """The reconstruction stages in order (each resumable); returns the mapping summary."""
+    from loftr_sfm.database import run_database
+    from loftr_sfm.keypoints import run_keypoints
+    from loftr_sfm.matching import run_matching
+    from loftr_sfm.pairs import run_pairs
+    from loftr_sfm.reconstruction import run_mapping
+
+    output.mkdir(parents=True, exist_ok=True)
+    for name, fn in (("pairs", run_pairs), ("matching", run_matching), ("keypoints", run_keypoints),
+                     ("database", run_database)):
+        t = time.perf_counter()
+        fn(output, images, configs.get(name))
+        logger.info("map stage %s: %.1f s", name, time.perf_counter() - t)
+    return run_mapping(output, images, configs.get("mapping"))
+
+
+def run_one(scene: str, matcher: str, args) -> dict:
+    from loftr_sfm.localization import Localizer
+
+    data = args.data / scene
+    names = list_images(data / "images")
+    map_names, queries = split(names)
+    if args.max_queries:
+        queries = queries[: args.max_queries]
+    work = args.work / scene
+    map_images, query_images = work / "map_images", work / "queries"
+    link_images(data / "images", map_images, map_names)
+    link_images(data / "images", query_images, queries)
+    tag = matcher + ("_gtK" if args.gt_intrinsics else "")
+    map_dir = work / f"map_{tag}"
+    loc_dir = work / f"loc_{tag}"
+
+    database = {"camera_mode": "single"}
+    loc_cfg = {"matcher": matcher, "num_retrieved": args.num_retrieved, "camera_source": "map"}
+    if args.gt_intrinsics:
+        model, params = gt_camera_params(data / "gt")
+        database.update(camera_model=model, camera_params=params)
+        loc_cfg.update(camera_source="auto", camera_model=model, camera_params=params)
+    pairs = dict(SCENES.get(scene, {"pairs": {"method": "exhaustive"}})["pairs"])
+    t0 = time.perf_counter()
+    summary = build_map(
+        map_images,
+        map_dir,
+        pairs=pairs,
+        matching={"matcher": matcher, "num_workers": args.num_workers},
+        keypoints={"preset": matcher},
+        database=database,
+        mapping={"mapper": args.mapper},
+    )
+    map_seconds = time.perf_counter() - t0
+    rec_eval = evaluate_reconstruction(map_dir / "model", {n: p for n, p in _gt(data).items() if n in set(map_names)})
+    logger.info("%s / %s map: %s", scene, matcher, rec_eval.row())
+
+    loc = Localizer(map_dir, map_images, loc_cfg)
+    # a fresh log each run: timings must be measured, not resumed
+    log = loc_dir / "localize_log.json"
+    if log.exists() and not args.resume:
+        log.unlink()
+    t1 = time.perf_counter()
+    results = loc.localize([query_images / q for q in queries], loc_dir / "poses.txt", query_root=query_images)
+    loc_seconds = time.perf_counter() - t1
+    gt = _gt(data)
+    ev = evaluate_localization(loc_dir / "poses.txt", gt, queries=queries, map_reconstruction=map_dir / "model")
+    times = [r.time for r in results]
+    mtimes = [r.matching_time for r in results]
+    row = {
+        "scene": scene,
+        "matcher": matcher,
+        "intrinsics": "GT" if args.gt_intrinsics else "map (estimated)",
+        "map_registered": rec_eval.row()["registered"],
+        "map_rot_med_deg": rec_eval.rotation_error["median"],
+        "queries": ev.num_queries,
+        "localized": ev.num_localized,
+        **{f"recall@{recall_key(p, r)}": ev.recall[recall_key(p, r)] for p, r in DEFAULT_RECALL_THRESHOLDS},
+        "rot_med_deg": ev.rotation_error_median,
+        "pos_med": ev.position_error_median,
+        # GT units (metres for Strecha; arbitrary for fox): median camera distance to the median centre
+        "gt_extent": scene_extent(camera_centers(gt, sorted(gt))),
+        "s_per_query": sum(times) / max(len(times), 1),
+        "matching_share": sum(mtimes) / max(sum(times), 1e-9),
+        "map_seconds": map_seconds,
+        "localize_seconds": loc_seconds,
+    }
+    save_json(loc_dir / "evaluation.json", {"row": row, "localization": ev.to_dict(), "map": rec_eval.to_dict(),
+                                            "map_summary": summary if isinstance(summary, dict) else None})
+    return row
+
+
+def _gt(data: Path):
+    from loftr_sfm.evaluation import poses_from_reconstruction
+
+    return poses_from_reconstruction(data / "gt")
+
+
+COLUMNS = [
+    ("scene", "scene"), ("matcher", "matcher"), ("intrinsics", "intrinsics"), ("map_registered", "map reg."),
+    ("localized", "localized"), ("queries", "queries"),
+    ("recall@0.25m,2deg", "0.25m,2°"), ("recall@0.5m,5deg", "0.5m,5°"), ("recall@5m,10deg", "5m,10°"),
+    ("rot_med_deg", "med rot [°]"), ("pos_med", "med pos [GT units]"), ("gt_extent", "GT extent"),
+    ("s_per_query", "s/query"),
+    ("matching_share", "matching share"),
+]
+
+
+def format_table(rows: list[dict]) -> str:
+    head = "| " + " | ".join(h for _, h in COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
+    lines = []
+    for r in rows:
+        cells = []
+        for k, _ in COLUMNS:
+            v = r.get(k, "")
+            if k.startswith("recall") or k == "matching_share":
+                v = f"{100 * v:.1f}%"
+            elif isinstance(v, float):
+                v = f"{v:.3f}"
+            cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return head + "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenes", nargs="+", default=["castle-P30", "fox"])
+    ap.add_argument("--matchers", nargs="+", default=["xfeat-star", "sift"])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--work", type=Path, required=True, help="work folder (maps, logs, results)")
+    ap.add_argument("--num-retrieved", type=int, default=10)
+    ap.add_argument("--mapper", default="incremental")
+    ap.add_argument("--num-workers", type=int, default=2, help="image decoding workers of the map matching")
+    ap.add_argument("--max-queries", type=int, default=0, help="evaluate only the first N queries (0 = all)")
+    ap.add_argument("--gt-intrinsics", action="store_true", help="map and queries use the GT calibration")
+    ap.add_argument("--resume", action="store_true", help="reuse queries already in the localization log")
+    ap.add_argument("--table", type=Path, default=None, help="append rows to this markdown file")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s %(levelname)s] %(message)s", datefmt="%H:%M:%S")
+    rows = []
+    for scene in args.scenes:
+        for matcher in args.matchers:
+            row = run_one(scene, matcher, args)
+            rows.append(row)
+            print(json.dumps(row, indent=1))
+    table = format_table(rows)
+    print(table)
+    save_json(args.work / "localization_results.json", rows)
+    if args.table:
+        with open(args.table, "a") as f:
+            f.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Reconstruction accuracy grid: scenes x matchers x pair selection x mappers, against GT.
+
+Runs the library's stages (nothing of its own) for every combination and prints one table row
+per run (registered fraction, rotation / position errors after Sim(3) alignment on camera
+centres, relative-pose AUC, and stage times), in the format of
+``pipelines/evaluate_reconstruction.py``. Every stage is resumable, so an interrupted grid
+continues where it stopped.
+
+Matching is done once per (scene, matcher) on the exhaustive pairs; the sequential and
+retrieval runs take their pairs' raw matches from it (the matching stage then has nothing left
+to do), so all pair-selection methods see identical matches.
+
+Usage:
+    python pipelines/evaluate_scenes.py --scenes herzjesu-P8 castle-P30 --matchers xfeat-star sift \
+        --pairs exhaustive sequential retrieval --mappers incremental global --work outputs/eval \
+        --table outputs/eval/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import h5py
+
+from loftr_sfm.database import run_database
+from loftr_sfm.evaluation import EvaluationConfig, evaluate_reconstruction
+from loftr_sfm.io import atomic_path, find_pair, read_pairs
+from loftr_sfm.keypoints import run_keypoints
+from loftr_sfm.matching import run_matching
+from loftr_sfm.pairs import run_pairs
+from loftr_sfm.reconstruction import run_mapping
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+logger = logging.getLogger("evaluate_scenes")
+
+COLUMNS = ["scene", "matcher", "pairs", "mapper", "registered", "rot_med_deg", "rot_max_deg", "pos_med",
+           "AUC@1", "AUC@2", "AUC@5", "points", "track", "reproj_px", "match_s", "map_s"]
+
+
+def copy_raw_matches(src: Path, dst: Path, pairs: list[tuple[str, str]]) -> None:
+    """Copy the raw datasets of ``pairs`` from ``src`` matches.h5 into a new ``dst`` (atomically)."""
+    if dst.exists():
+        return
+    with atomic_path(dst) as tmp, h5py.File(src, "r") as fi, h5py.File(tmp, "w") as fo:
+        if "matcher" in fi.attrs:
+            fo.attrs["matcher"] = fi.attrs["matcher"]
+        for n0, n1 in pairs:
+            key, _ = find_pair(fi, n0, n1)
+            g = fo.require_group(key)
+            for ds in ("keypoints0", "keypoints1", "scores"):
+                g.create_dataset(ds, data=fi[key][ds][()])
+
+
+def fmt(v) -> str:
+    if isinstance(v, float):
+        return "nan" if v != v else f"{v:.3f}" if abs(v) >= 0.01 or v == 0 else f"{v:.4f}"
+    return str(v)
+
+
+def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Path, num_neighbors: int) -> list[dict]:
+    images = DATA / scene / "images"
+    gt = DATA / scene / "gt"
+    base = work / scene / matcher
+    exhaustive = base / "exhaustive"
+    t0 = time.perf_counter()
+    run_pairs(exhaustive, images, {"method": "exhaustive"})
+    run_matching(exhaustive, images, {"matcher": matcher})
+    match_s = time.perf_counter() - t0
+    out = base / method
+    if method != "exhaustive":
+        run_pairs(out, images, {"method": method, "num_neighbors": num_neighbors})
+        copy_raw_matches(exhaustive / "matches.h5", out / "matches.h5", read_pairs(out / "pairs.txt"))
+        run_matching(out, images, {"matcher": matcher})  # nothing left to match: resumes
+    run_keypoints(out, images, {"preset": matcher})
+    run_database(out, images)
+    rows = []
+    for mapper in mappers:
+        mdir = out / mapper
+        mdir.mkdir(parents=True, exist_ok=True)
+        if not (mdir / "database.db").exists() or (mdir / "database.db").stat().st_mtime < (out / "database.db").stat().st_mtime:
+            shutil.copy2(out / "database.db", mdir / "database.db")
+        t1 = time.perf_counter()
+        summary = run_mapping(mdir, images, {"mapper": mapper})
+        map_s = time.perf_counter() - t1
+        row = {"scene": scene, "matcher": matcher, "pairs": method, "mapper": mapper,
+               "points": summary.get("points", 0), "track": summary.get("mean_track_length", 0.0),
+               "reproj_px": summary.get("mean_reprojection_error", 0.0), "match_s": match_s, "map_s": map_s}
+        if summary.get("registered", 0) and (mdir / "model").is_dir():
+            ev = evaluate_reconstruction(mdir / "model", gt, EvaluationConfig())
+            row.update(ev.row())
+        else:
+            row["registered"] = f"0/{summary.get('num_images', '?')}"
+        rows.append(row)
+        (mdir / "evaluation.json").write_text(json.dumps(row, indent=1, default=str))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenes", nargs="+", default=["herzjesu-P8", "castle-P30"])
+    ap.add_argument("--matchers", nargs="+", default=["xfeat-star", "sift"])
+    ap.add_argument("--pairs", nargs="+", default=["exhaustive", "sequential", "retrieval"])
+    ap.add_argument("--mappers", nargs="+", default=["incremental", "global"])
+    ap.add_argument("--num-neighbors", type=int, default=10)
+    ap.add_argument("--work", type=Path, default=Path("outputs/eval"))
+    ap.add_argument("--table", type=Path, default=None, help="write the markdown table here too")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
+    if not DATA.is_dir():
+        print(f"error: {DATA} not found", file=sys.stderr)
+        return 2
+    header = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS)
+    lines = [header]
+    print(header, flush=True)
+    for scene in args.scenes:
+        for matcher in args.matchers:
+            for method in args.pairs:
+                for row in run_one(scene, matcher, method, args.mappers, args.work, args.num_neighbors):
+                    line = "| " + " | ".join(fmt(row.get(c, "")) for c in COLUMNS) + " |"
+                    lines.append(line)
+                    print(line, flush=True)
+                    if args.table:
+                        args.table.parent.mkdir(parents=True, exist_ok=True)
+                        args.table.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""Evaluation against GT: exact expectations on synthetic poses, plus the real castle GT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from loftr_sfm.evaluation import (
+    EvaluationConfig,
+    Sim3,
+    estimate_sim3_robust,
+    evaluate_localization,
+    evaluate_reconstruction,
+    pose_auc,
+    poses_from_reconstruction,
+    read_poses,
+    relative_pose_errors,
+    rotation_error_deg,
+    umeyama,
+    write_poses,
+)
+from loftr_sfm.io import InputError
+
+
+def look_at(center: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    z = target - center
+    z /= np.linalg.norm(z)
+    x = np.cross([0.0, 0.0, 1.0], z)
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    R = np.stack([x, y, z])  # rows: camera axes in world
+    return R, -R @ center
+
+
+def ring_poses(n: int = 20, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(n):
+        a = 2 * np.pi * i / n
+        c = np.array([10 * np.cos(a), 10 * np.sin(a), 1.5 + rng.normal(0, 0.5)])
+        out[f"img{i:03d}.jpg"] = look_at(c, rng.normal(0, 0.3, 3))
+    return out
+
+
+KNOWN = Sim3(2.5, Rotation.from_euler("xyz", [20, -35, 110], degrees=True).as_matrix(), np.array([3.0, -7.0, 1.0]))
+
+
+def test_umeyama_recovers_known_sim3_exactly():
+    rng = np.random.default_rng(1)
+    src = rng.normal(size=(10, 3))
+    sim = umeyama(src, KNOWN.apply(src))
+    assert sim.scale == pytest.approx(2.5, abs=1e-12)
+    np.testing.assert_allclose(sim.rotation, KNOWN.rotation, atol=1e-12)
+    np.testing.assert_allclose(sim.translation, KNOWN.translation, atol=1e-11)
+    inv = sim.inverse()
+    np.testing.assert_allclose(inv.apply(sim.apply(src)), src, atol=1e-12)
+
+
+def test_robust_sim3_ignores_outliers():
+    rng = np.random.default_rng(2)
+    src = rng.normal(size=(30, 3)) * 5
+    tgt = KNOWN.apply(src)
+    tgt[[3, 17, 22]] += np.array([[4.0, 0, 0], [0, -6.0, 0], [0, 0, 9.0]])
+    sim, mask = estimate_sim3_robust(src, tgt, threshold=0.5, iterations=500, seed=0)
+    assert sim.scale == pytest.approx(2.5, abs=1e-10)
+    np.testing.assert_allclose(sim.rotation, KNOWN.rotation, atol=1e-10)
+    assert sorted(np.flatnonzero(~mask).tolist()) == [3, 17, 22]
+    with pytest.raises(ValueError, match=">= 3"):
+        estimate_sim3_robust(src[:2], tgt[:2], threshold=0.5)
+
+
+def test_pose_auc_exact_values():
+    # curve (0,0) (0.5,.25) (1.5,.5) (3,.75), one failure
+    auc = pose_auc([3.0, 0.5, np.inf, 1.5], [1.0, 2.0, 5.0])
+    np.testing.assert_allclose(auc, [0.1875, 0.34375, 0.575], atol=1e-12)
+    assert pose_auc([0.0, 0.0], [1.0]) == [pytest.approx(1.0)]
+    assert pose_auc([np.nan, np.inf], [1.0]) == [0.0]
+
+
+def test_rotation_error_small_angles_accurate():
+    R = Rotation.from_rotvec([0, 0, np.radians(1e-4)]).as_matrix()
+    assert rotation_error_deg(R, np.eye(3)) == pytest.approx(1e-4, rel=1e-6)
+    R = Rotation.from_rotvec([np.radians(179.0), 0, 0]).as_matrix()
+    assert rotation_error_deg(R, np.eye(3)) == pytest.approx(179.0, rel=1e-9)
+
+
+def perturb(pose, rot_deg=0.0, shift=None):
+    """Rotate the camera about its own centre by rot_deg (about camera y) and/or move the centre."""
+    R, t = pose
+    c = -R.T @ t
+    R2 = Rotation.from_euler("y", rot_deg, degrees=True).as_matrix() @ R
+    if shift is not None:
+        c = c + shift
+    return R2, -R2 @ c
+
+
+def test_evaluate_reconstruction_known_errors_and_alignment():
+    gt = ring_poses(20)
+    # the "reconstruction" lives in another frame: est = KNOWN^-1 applied to GT
+    inv = KNOWN.inverse()
+    names = sorted(gt)
+    est_gt_frame = dict(gt)
+    est_gt_frame[names[4]] = perturb(gt[names[4]], rot_deg=3.0)  # pure rotation error, centre exact
+    est_gt_frame[names[9]] = perturb(gt[names[9]], shift=np.array([0.0, 0.0, 2.0]))  # outlier centre
+    del est_gt_frame[names[15]]  # not registered
+    est = inv.transform_poses(est_gt_frame)
+    est["not_in_gt.jpg"] = est[names[0]]
+    ev = evaluate_reconstruction(est, gt, EvaluationConfig(align_threshold_abs=0.5))
+    assert ev.num_gt == 20 and ev.num_registered == 19
+    assert ev.registered_fraction == pytest.approx(0.95)
+    assert ev.extra_images == ["not_in_gt.jpg"]
+    assert ev.num_align_inliers == 18  # the shifted camera is rejected
+    assert ev.sim3["scale"] == pytest.approx(2.5, rel=1e-9)
+    pi = ev.per_image
+    assert pi[names[4]]["rotation_error_deg"] == pytest.approx(3.0, abs=1e-9)
+    assert pi[names[4]]["position_error"] == pytest.approx(0.0, abs=1e-9)
+    assert pi[names[9]]["position_error"] == pytest.approx(2.0, abs=1e-9)
+    assert pi[names[9]]["inlier"] is False
+    assert ev.rotation_error["max"] == pytest.approx(3.0, abs=1e-9)
+    assert ev.position_error["median"] == pytest.approx(0.0, abs=1e-9)
+    # rotation AUC: 18 exact, one at 3 deg, one missing (inf) out of 20
+    exp = pose_auc([0.0] * 18 + [3.0, np.inf], [1, 2, 5])
+    np.testing.assert_allclose([ev.auc_rotation[k] for k in ("1", "2", "5")], exp, atol=1e-9)
+    # pairwise AUC: 190 pairs, 19 with the missing image are inf; the perturbed ones are > 0
+    rel = relative_pose_errors(est, gt, names)
+    assert rel.shape == (190,) and np.isinf(rel).sum() == 19
+    assert (rel[np.isfinite(rel)] < 1e-9).sum() == 190 - 19 - 18 - 17  # pairs not touching 4, 9 (or 15)
+    np.testing.assert_allclose([ev.auc[k] for k in ("1", "2", "5")], pose_auc(rel, [1, 2, 5]), atol=1e-12)
+
+
+def test_evaluate_reconstruction_too_few_images():
+    gt = ring_poses(6)
+    est = {n: gt[n] for n in sorted(gt)[:2]}
+    ev = evaluate_reconstruction(est, gt)
+    assert ev.num_registered == 2 and "alignment" in ev.message and np.isnan(ev.rotation_error["median"])
+
+
+def test_evaluate_localization_recall_with_map_alignment(tmp_path):
+    gt = ring_poses(30, seed=3)
+    names = sorted(gt)
+    queries = names[::3]
+    map_names = [n for n in names if n not in queries]
+    inv = KNOWN.inverse()  # map frame = GT transformed; scale 1/2.5
+    map_poses = inv.transform_poses({n: gt[n] for n in map_names})
+    # queries in GT frame with chosen errors: (pos, rot)
+    errs = {
+        queries[0]: (0.0, 0.0),
+        queries[1]: (0.2, 1.0),  # all three
+        queries[2]: (0.3, 1.0),  # 0.5/5 and 5/10
+        queries[3]: (0.1, 3.0),  # 0.5/5 and 5/10
+        queries[4]: (2.0, 8.0),  # 5/10 only
+        queries[5]: (7.0, 1.0),  # none
+        # queries[6]..[9]: failed (no pose)
+    }
+    est_gt = {q: perturb(gt[q], rot_deg=r, shift=np.array([p, 0.0, 0.0])) for q, (p, r) in errs.items()}
+    write_poses(tmp_path / "poses.txt", inv.transform_poses(est_gt))
+    ev = evaluate_localization(tmp_path / "poses.txt", gt, map_reconstruction=map_poses)
+    assert ev.num_queries == 10 and ev.num_localized == 6
+    assert ev.recall == pytest.approx({"0.25m,2deg": 0.2, "0.5m,5deg": 0.4, "5m,10deg": 0.5})
+    assert ev.per_query[queries[3]]["rotation_error_deg"] == pytest.approx(3.0, abs=1e-6)
+    assert ev.per_query[queries[4]]["position_error"] == pytest.approx(2.0, abs=1e-6)
+    assert ev.per_query[queries[7]] == {"localized": False}
+    assert ev.position_error_median == pytest.approx(0.25, abs=1e-6)
+    # without alignment the estimates are in the wrong frame: nothing passes
+    ev2 = evaluate_localization(tmp_path / "poses.txt", gt, queries=queries)
+    assert ev2.recall["5m,10deg"] == 0.0
+
+
+def test_poses_txt_roundtrip_and_errors(tmp_path):
+    gt = ring_poses(5)
+    write_poses(tmp_path / "p.txt", gt)
+    line = (tmp_path / "p.txt").read_text().splitlines()[0].split()
+    assert len(line) == 8 and float(line[1]) >= 0
+    back = read_poses(tmp_path / "p.txt")
+    for n in gt:
+        np.testing.assert_allclose(back[n][0], gt[n][0], atol=1e-10)
+        np.testing.assert_allclose(back[n][1], gt[n][1], atol=1e-10)
+    (tmp_path / "bad.txt").write_text("a.jpg 1 0 0\n")
+    with pytest.raises(InputError, match="bad.txt:1"):
+        read_poses(tmp_path / "bad.txt")
+    with pytest.raises(InputError, match="does not exist"):
+        read_poses(tmp_path / "missing.txt")
+
+
+def test_castle_gt_against_transformed_copy_matches_pycolmap(tmp_path):
+    """Real GT model: a Sim(3)-transformed copy with one perturbed image; cross-check pycolmap."""
+    import pycolmap
+    from conftest import shared_scene
+
+    gt_dir = shared_scene("castle-P30") / "gt"
+    rec = pycolmap.Reconstruction(str(gt_dir))
+    rec.transform(KNOWN.inverse().to_pycolmap())
+    est = poses_from_reconstruction(rec)
+    gt = poses_from_reconstruction(gt_dir)
+    assert len(gt) == 30
+    exact = evaluate_reconstruction(KNOWN.inverse().transform_poses(gt), gt)
+    assert exact.sim3["scale"] == pytest.approx(2.5, rel=1e-12)
+    assert exact.rotation_error["max"] < 1e-9 and exact.position_error["max"] < 1e-9
+    ev = evaluate_reconstruction(est, gt)
+    assert ev.num_registered == 30 and ev.num_align_inliers == 30
+    # pycolmap's transform and the text model's precision leave ~1e-7 relative noise
+    assert ev.sim3["scale"] == pytest.approx(2.5, rel=1e-6)
+    assert ev.rotation_error["max"] < 1e-4 and ev.position_error["max"] < 1e-5
+    assert ev.auc["1"] > 0.999
+    name = sorted(gt)[7]
+    est[name] = perturb(est[name], rot_deg=0.7)
+    ev = evaluate_reconstruction(est, gt)
+    assert ev.per_image[name]["rotation_error_deg"] == pytest.approx(0.7, abs=1e-4)
+    # pycolmap's own comparison agrees on the rotation errors
+    import contextlib
+    import io as _io
+
+    rec2 = pycolmap.Reconstruction(str(gt_dir))
+    img = rec2.find_image_with_name(name)
+    R, t = gt[name]
+    Rp, tp = perturb((R, t), rot_deg=0.7)
+    img.frame.rig_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(Rp), tp)
+    with contextlib.redirect_stdout(_io.StringIO()):
+        cmp = pycolmap.compare_reconstructions(rec2, pycolmap.Reconstruction(str(gt_dir)), alignment_error="proj_center", max_proj_center_error=0.1)
+    ref = {e.image_name: e.rotation_error_deg for e in cmp["errors"]}
+    assert ref[name] == pytest.approx(0.7, abs=1e-3)
+
+
+def test_evaluate_reconstruction_program(tmp_path, capsys):
+    """The pipelines/ program on a transformed castle GT with one image dropped: row + JSON."""
+    import importlib.util
+    import json
+
+    import pycolmap
+    from conftest import REPO, shared_scene
+
+    gt_dir = shared_scene("castle-P30") / "gt"
+    rec = pycolmap.Reconstruction(str(gt_dir))
+    rec.transform(KNOWN.to_pycolmap())
+    rec.deregister_frame(rec.find_image_with_name("0003.jpg").frame_id)
+    (tmp_path / "out" / "model").mkdir(parents=True)
+    rec.write(str(tmp_path / "out" / "model"))
+    spec = importlib.util.spec_from_file_location("evaluate_reconstruction", REPO / "pipelines" / "evaluate_reconstruction.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rc = mod.main(["--model", str(tmp_path / "out"), "--gt", str(gt_dir), "--label", "t", "--output", str(tmp_path / "e.json")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| t | 29/30 |" in out
+    data = json.loads((tmp_path / "e.json").read_text())
+    assert data["num_registered"] == 29 and data["registered_fraction"] == pytest.approx(29 / 30)
+    # 435 pairs, the 29 with the missing image fail, the rest are exact
+    assert data["auc"]["1"] == pytest.approx(406 / 435, abs=1e-4)
+    assert mod.main(["--model", str(tmp_path / "nothing"), "--gt", str(gt_dir)]) == 2
