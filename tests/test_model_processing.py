@@ -217,3 +217,29 @@ def test_tensor_batch_input_numpy_output_and_to():
     assert isinstance(ref, BatchFeature)
     np.testing.assert_allclose(out["pixel_values"], ref.pixel_values.numpy(), atol=1e-6)
     np.testing.assert_allclose(out["pixel_values"][0, 1, 0], out["pixel_values"][0, 0, 0][:, ::-1], atol=1e-6)
+
+
+def test_model_accepts_processor_output_directly():
+    """``model(**processor(images))`` works as with Transformers; unknown inputs still fail."""
+    import torch
+
+    from loftr_sfm import EfficientLoFTRConfig, EfficientLoFTRForKeypointMatching
+
+    rng = np.random.default_rng(0)
+    im0 = (rng.random((200, 260)) * 255).astype(np.uint8)
+    im1 = (rng.random((260, 200)) * 255).astype(np.uint8)
+    proc = EfficientLoFTRImageProcessor(size={"height": 128, "width": 160})
+    torch.manual_seed(0)
+    model = EfficientLoFTRForKeypointMatching(EfficientLoFTRConfig()).eval()
+    inputs = proc([im0, im1], return_tensors="pt")
+    assert "original_sizes" in inputs
+    with torch.inference_mode():
+        out = model(**inputs, threshold=0.0)
+        with pytest.raises(TypeError, match="bogus"):
+            model(**inputs, bogus=1)
+    res = proc.post_process_keypoint_matching(out, target_sizes=inputs, threshold=None)
+    k0, k1 = res[0]["keypoints0"], res[0]["keypoints1"]
+    assert len(k0) == len(k1) == len(res[0]["matching_scores"]) == int((out.matches[0, 0] >= 0).sum())
+    # keypoints are in original pixels of each image (image1 is portrait)
+    assert float(k0[:, 0].max()) < 260 and float(k0[:, 1].max()) < 200
+    assert float(k1[:, 0].max()) < 200 and float(k1[:, 1].max()) < 260

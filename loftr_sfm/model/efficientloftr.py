@@ -50,6 +50,17 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- outputs
 
 
+
+#: Keys of EfficientLoFTRImageProcessor's output that describe sizes, not network inputs: accepted
+#: (and ignored) so that ``model(**processor(images))`` works as with Transformers.
+PROCESSOR_METADATA_KEYS = frozenset({"original_sizes", "processed_sizes", "scales"})
+
+
+def _check_processor_outputs(extra: dict) -> None:
+    unknown = sorted(set(extra) - PROCESSOR_METADATA_KEYS)
+    if unknown:
+        raise TypeError(f"unexpected input(s) {unknown}; the model takes pixel_values or image0/image1")
+
 class _ModelOutput:
     """Dataclass mixin giving attribute and dict-style access (like Transformers' ModelOutput)."""
 
@@ -311,7 +322,9 @@ class EfficientLoFTRModel(_EfficientLoFTRBase):
         output_hidden_states: bool = False,
         mixed_precision: str | None = None,
         labels: Any = None,
+        **processor_outputs: Any,
     ) -> EfficientLoFTRModelOutput:
+        _check_processor_outputs(processor_outputs)
         if labels is not None:
             raise ValueError("EfficientLoFTR is inference-only; labels are not supported")
         image0, image1 = self._prepare_inputs(pixel_values, image0, image1)
@@ -361,9 +374,11 @@ class EfficientLoFTRForKeypointMatching(_EfficientLoFTRBase):
         output_hidden_states: bool = False,
         mixed_precision: str | None = None,
         labels: Any = None,
+        **processor_outputs: Any,
     ) -> EfficientLoFTRKeypointMatchingOutput:
         """Match B pairs. ``threshold`` overrides ``coarse_matching_threshold``; ``mixed_precision``
         ("fp32", "fp16" on CUDA, "bf16") overrides the config's; coarse and fine matching stay fp32."""
+        _check_processor_outputs(processor_outputs)
         if labels is not None:
             raise ValueError("EfficientLoFTR is inference-only; labels are not supported")
         cfg = self.config
