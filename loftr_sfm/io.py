@@ -256,6 +256,28 @@ def write_raw_matches(h5, name0: str, name1: str, kpts0: np.ndarray, kpts1: np.n
     g.create_dataset("scores", data=np.asarray(scores, np.float32).reshape(-1))
 
 
+def read_raw_group(group, where: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read one raw pair group as stored (no re-orientation), validating the layout.
+
+    Returns:
+        kpts0 (N, 2) float32, kpts1 (N, 2) float32, scores (N,) float32 (ones if absent).
+    Raises:
+        InputError naming ``where`` (file and pair) if a dataset is missing or lengths differ.
+    """
+    where = where or getattr(group, "name", "pair group")
+    for ds in ("keypoints0", "keypoints1"):
+        if ds not in group:
+            raise InputError(f"{where}: no dataset {ds!r} (raw layout expected)")
+    k0 = np.asarray(group["keypoints0"], np.float32).reshape(-1, 2)
+    k1 = np.asarray(group["keypoints1"], np.float32).reshape(-1, 2)
+    sc = np.asarray(group["scores"], np.float32).reshape(-1) if "scores" in group else np.ones(len(k0), np.float32)
+    if len(k0) != len(k1) or len(sc) != len(k0):
+        raise InputError(
+            f"{where}: inconsistent lengths (keypoints0 {len(k0)}, keypoints1 {len(k1)}, scores {len(sc)})"
+        )
+    return k0, k1, sc
+
+
 def read_raw_matches(h5, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read one pair's raw matches, oriented as (name0, name1) whatever the stored order.
 
@@ -263,13 +285,5 @@ def read_raw_matches(h5, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray
         kpts0 (N, 2) float32, kpts1 (N, 2) float32, scores (N,) float32.
     """
     key, rev = find_pair(h5, name0, name1)
-    g = h5[key]
-    k0 = np.asarray(g["keypoints0"], np.float32).reshape(-1, 2)
-    k1 = np.asarray(g["keypoints1"], np.float32).reshape(-1, 2)
-    sc = np.asarray(g["scores"], np.float32).reshape(-1) if "scores" in g else np.ones(len(k0), np.float32)
-    if len(k0) != len(k1) or len(sc) != len(k0):
-        raise InputError(
-            f"{getattr(h5, 'filename', 'h5')}: pair {key} has inconsistent lengths "
-            f"(keypoints0 {len(k0)}, keypoints1 {len(k1)}, scores {len(sc)})"
-        )
+    k0, k1, sc = read_raw_group(h5[key], f"{getattr(h5, 'filename', 'h5')}: pair {key}")
     return (k1, k0, sc) if rev else (k0, k1, sc)

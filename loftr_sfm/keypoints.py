@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import InputError, atomic_path, find_pair, image_size, list_images, read_pairs
+from .io import InputError, atomic_path, find_pair, read_raw_group, image_size, list_images, read_pairs
 from .utils import Timer, merge_config
 
 logger = logging.getLogger(__name__)
@@ -596,18 +596,7 @@ def run_keypoints(output: Path, images: Path | None = None, config: KeypointsCon
             except KeyError:
                 missing += 1
                 continue
-            g = f[key]
-            for ds in ("keypoints0", "keypoints1"):
-                if ds not in g:
-                    raise InputError(f"{matches_path}: pair group {key} has no dataset {ds!r} (raw layout expected)")
-            k0 = np.asarray(g["keypoints0"], np.float32).reshape(-1, 2)
-            k1 = np.asarray(g["keypoints1"], np.float32).reshape(-1, 2)
-            sc = np.asarray(g["scores"], np.float32).reshape(-1) if "scores" in g else np.ones(len(k0), np.float32)
-            if len(k0) != len(k1) or len(sc) != len(k0):
-                raise InputError(
-                    f"{matches_path}: pair {key} has inconsistent lengths "
-                    f"(keypoints0 {len(k0)}, keypoints1 {len(k1)}, scores {len(sc)})"
-                )
+            k0, k1, sc = read_raw_group(f[key], f"{matches_path}: pair {key}")
             # keep the stored orientation: matches0 of a group indexes its own image0
             n0, n1 = (b, a) if rev else (a, b)
             pair_images.append((index[n0], index[n1]))
