@@ -37,7 +37,7 @@ def reconstruct(
         ``loftr_sfm.reconstruction.load_model(output)``.
     """
     from loftr_sfm.database import DatabaseConfig, run_database
-    from loftr_sfm.keypoints import KeypointsConfig, run_keypoints
+    from loftr_sfm.keypoints import PRESETS, KeypointsConfig, run_keypoints
     from loftr_sfm.matching import MatchingConfig, run_matching
     from loftr_sfm.pairs import PairsConfig, run_pairs
     from loftr_sfm.reconstruction import MappingConfig, run_mapping
@@ -48,8 +48,6 @@ def reconstruct(
     times: dict[str, float] = {}
     matching_cfg = merge_config(MatchingConfig, matching)
     keypoints_cfg = merge_config(KeypointsConfig, keypoints)
-    from loftr_sfm.keypoints import PRESETS
-
     if keypoints_cfg.preset == "auto" and matching_cfg.matcher in PRESETS:  # the merge preset follows the matcher
         keypoints_cfg = merge_config(KeypointsConfig, keypoints_cfg, preset=matching_cfg.matcher)
     steps = [
