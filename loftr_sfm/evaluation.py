@@ -251,18 +251,28 @@ def poses_from_reconstruction(rec) -> PoseSet:
     """Registered images of a reconstruction (object or folder) as ``{name: (R, t)}``."""
     if isinstance(rec, (str, Path)):
         rec = load_reconstruction(rec)
+    return {img.name: rigid_to_pose(img.cam_from_world()) for img in rec.images.values() if img.has_pose}
+
+
+def rigid_to_pose(rigid) -> Pose:
+    """A ``pycolmap.Rigid3d`` as (R (3, 3), t (3,)) float64.
+
+    pycolmap keeps text-model quaternions unnormalized (castle GT: |q| - 1 ~ 1e-7), and
+    ``rotation.matrix()`` is then not orthonormal: normalize (scipy's from_quat does, xyzw).
+    """
     from scipy.spatial.transform import Rotation
 
-    out: PoseSet = {}
-    for img in rec.images.values():
-        if not img.has_pose:
-            continue
-        p = img.cam_from_world()
-        # pycolmap keeps text-model quaternions unnormalized (castle GT: |q| - 1 ~ 1e-7), and
-        # rotation.matrix() is then not orthonormal: normalize (scipy's from_quat does, xyzw).
-        R = Rotation.from_quat(np.asarray(p.rotation.quat, np.float64)).as_matrix()
-        out[img.name] = (R, np.asarray(p.translation, np.float64))
-    return out
+    R = Rotation.from_quat(np.asarray(rigid.rotation.quat, np.float64)).as_matrix()
+    return R, np.asarray(rigid.translation, np.float64).reshape(3)
+
+
+def rotation_to_qvec(R: np.ndarray) -> np.ndarray:
+    """Rotation matrix (3, 3) -> unit quaternion (4,) in COLMAP's wxyz order with qw >= 0."""
+    from scipy.spatial.transform import Rotation
+
+    x, y, z, w = Rotation.from_matrix(np.asarray(R, np.float64)).as_quat()
+    q = np.array([w, x, y, z])
+    return q if q[0] >= 0 else -q
 
 
 def read_poses(path: str | Path) -> PoseSet:
@@ -300,16 +310,11 @@ def write_poses(path: str | Path, poses: Mapping[str, Pose]) -> None:
 
     Quaternions are normalized with ``qw >= 0``; lines are in the mapping's order.
     """
-    from scipy.spatial.transform import Rotation
-
     lines = []
     for name, (R, t) in poses.items():
         if any(c.isspace() for c in name):
             raise InputError(f"image name {name!r} contains whitespace; poses.txt cannot represent it")
-        q = Rotation.from_matrix(np.asarray(R, np.float64)).as_quat()  # xyzw
-        q = np.array([q[3], q[0], q[1], q[2]])
-        if q[0] < 0:
-            q = -q
+        q = rotation_to_qvec(R)
         t = np.asarray(t, np.float64).reshape(3)
         lines.append(name + " " + " ".join(f"{v:.12g}" for v in (*q, *t)) + "\n")
     with atomic_path(path) as tmp:

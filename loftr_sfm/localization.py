@@ -55,7 +55,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .evaluation import write_poses
+from .evaluation import rigid_to_pose, rotation_to_qvec, write_poses
 from .io import ImageReadError, InputError, atomic_path, image_size, list_images, read_raw_matches
 from .utils import Timer, merge_config
 
@@ -360,21 +360,6 @@ def covisibility_clusters(image_point_ids: Sequence[np.ndarray]) -> list[list[in
     for i, lab in enumerate(labels):
         clusters.setdefault(int(lab), []).append(i)
     return sorted(clusters.values(), key=lambda c: (-len(c), c[0]))
-
-
-def _rigid_to_arrays(rigid) -> tuple[np.ndarray, np.ndarray]:
-    from scipy.spatial.transform import Rotation
-
-    R = Rotation.from_quat(np.asarray(rigid.rotation.quat, np.float64)).as_matrix()
-    return R, np.asarray(rigid.translation, np.float64).reshape(3)
-
-
-def _qvec_wxyz(R: np.ndarray) -> list[float]:
-    from scipy.spatial.transform import Rotation
-
-    x, y, z, w = Rotation.from_matrix(R).as_quat()
-    q = np.array([w, x, y, z])
-    return (q if q[0] >= 0 else -q).tolist()
 
 
 def _camera_dict(cam) -> dict[str, Any]:
@@ -711,11 +696,11 @@ class Localizer:
             )
             return result
         ret, q, ids, group = best
-        R, t = _rigid_to_arrays(ret["cam_from_world"])
+        R, t = rigid_to_pose(ret["cam_from_world"])
         result.success = True
         result.num_inliers = int(ret["num_inliers"])
         result.R, result.t = R, t
-        result.qvec, result.tvec = _qvec_wxyz(R), t.tolist()
+        result.qvec, result.tvec = rotation_to_qvec(R).tolist(), t.tolist()
         result.camera = _camera_dict(ret["camera"])
         result.camera_object = ret["camera"]
         result.cluster = list(group) if c.covisibility_clustering else None
