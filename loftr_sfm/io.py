@@ -206,8 +206,18 @@ def read_pairs(path: str | Path, known_names: Sequence[str] | None = None) -> li
 
 
 def write_pairs(path: str | Path, pairs: Iterable[tuple[str, str]]) -> None:
-    """Write ``pairs.txt`` atomically."""
+    """Write ``pairs.txt`` atomically; an identical existing file is left untouched.
+
+    Leaving it untouched keeps its modification time, which the later stages use to decide
+    that their results are up to date (rerunning ``pairs`` must not make them recompute).
+    """
     text = "".join(f"{a} {b}\n" for a, b in pairs)
+    path = Path(path)
+    try:
+        if path.is_file() and path.read_text() == text:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass  # unreadable: rewrite it
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
 

@@ -11,7 +11,7 @@ import pycolmap
 import pytest
 
 from loftr_sfm.database import DatabaseConfig, database_stats, image_ids_by_name, run_database, verify_database
-from loftr_sfm.io import InputError
+from loftr_sfm.io import InputError, read_pairs, write_pairs
 from loftr_sfm.keypoints import read_features, read_matches, run_keypoints
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "datasets"))
@@ -131,6 +131,9 @@ def test_resume_and_bad_matches(scene, tmp_path):
     mtime = p.stat().st_mtime_ns
     assert run_database(scene, scene / "images") == p
     assert p.stat().st_mtime_ns == mtime  # reused
+    write_pairs(scene / "pairs.txt", read_pairs(scene / "pairs.txt"))  # the pairs stage rerun, same result
+    assert run_database(scene, scene / "images") == p
+    assert p.stat().st_mtime_ns == mtime  # still reused
     run_database(scene, scene / "images", {"ransac_max_error": 3.0})  # options changed -> rebuilt
     assert p.stat().st_mtime_ns != mtime
     stats = database_stats(p)

@@ -142,6 +142,9 @@ def test_run_pairs_stage(tmp_path):
     assert p == out / "pairs.txt" and len(pairs) == 5 + 4
     p = run_pairs(out, images, PairsConfig(method="exhaustive"))
     assert len(read_pairs(p)) == 15
+    mtime = p.stat().st_mtime_ns
+    assert run_pairs(out, images, PairsConfig(method="exhaustive")) == p
+    assert p.stat().st_mtime_ns == mtime  # same pairs: file untouched, later stages stay up to date
     assert any("sub/" in a or "sub/" in b for a, b in read_pairs(p))
     with pytest.raises(ValueError, match="unknown PairsConfig option"):
         run_pairs(out, images, {"methd": "exhaustive"})
