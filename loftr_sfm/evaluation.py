@@ -247,6 +247,20 @@ def load_reconstruction(path: str | Path):
         raise InputError(f"{path}: cannot read COLMAP model ({e})") from None
 
 
+def gt_camera_params(gt) -> tuple[str, str]:
+    """``(model name, "p1,p2,...")`` of the single camera of a GT model (object or folder).
+
+    The string is what :class:`loftr_sfm.database.DatabaseConfig` takes as ``camera_params``
+    (COLMAP convention), so a reconstruction or a localization can be run with the GT calibration.
+    """
+    rec = load_reconstruction(gt) if isinstance(gt, (str, Path)) else gt
+    cams = list(rec.cameras.values())
+    if len(cams) != 1:
+        raise InputError(f"{gt}: expected exactly one GT camera, found {len(cams)}")
+    c = cams[0]
+    return c.model_name, ",".join(f"{v:.10g}" for v in c.params)
+
+
 def poses_from_reconstruction(rec) -> PoseSet:
     """Registered images of a reconstruction (object or folder) as ``{name: (R, t)}``."""
     if isinstance(rec, (str, Path)):

@@ -42,6 +42,7 @@ from loftr_sfm.evaluation import (  # noqa: E402
     scene_extent,
     evaluate_localization,
     evaluate_reconstruction,
+    gt_camera_params,
     recall_key,
     save_json,
 )
@@ -74,18 +75,6 @@ def link_images(src: Path, dst: Path, names: list[str]) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists():
             os.symlink((src / n).resolve(), target)
-
-
-def gt_camera_params(gt_dir: Path) -> tuple[str, str]:
-    """(model name, 'p1,p2,...') of the (single) GT camera."""
-    import pycolmap
-
-    rec = pycolmap.Reconstruction(str(gt_dir))
-    cams = list(rec.cameras.values())
-    if len(cams) != 1:
-        raise SystemExit(f"{gt_dir}: --gt-intrinsics needs exactly one GT camera, found {len(cams)}")
-    c = cams[0]
-    return c.model_name, ",".join(f"{v:.10g}" for v in c.params)
 
 
 def build_map(images: Path, output: Path, **configs) -> dict:
