@@ -13,13 +13,16 @@ import pytest
 from loftr_sfm.database import run_database
 from loftr_sfm.io import InputError
 from loftr_sfm.keypoints import run_keypoints
+from loftr_sfm import reconstruction
 from loftr_sfm.reconstruction import (
     MappingConfig,
+    map_database,
     model_stats,
     read_stage_times,
     record_stage_time,
     run_mapping,
     triangulate_from_poses,
+    unsupported_images,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "datasets"))
@@ -81,6 +84,38 @@ def test_triangulate_from_gt_poses(scene):
     for im in rec.images.values():
         np.testing.assert_allclose(im.cam_from_world().matrix(), gtn[im.name].cam_from_world().matrix(), atol=1e-9)
     assert pycolmap.Reconstruction(str(scene / "tri")).num_points3D() == rec.num_points3D()
+
+
+def _gt_model_without_points_of(scene, names):
+    """The GT poses triangulated, then every 3D observation of the images ``names`` removed."""
+    rec = triangulate_from_poses(pycolmap.Reconstruction(str(scene / "gt")), scene / "database.db", scene / "images")
+    for im in list(rec.images.values()):
+        if im.name in names:
+            for idx, p2d in enumerate(im.points2D):
+                if p2d.has_point3D():
+                    rec.delete_observation(im.image_id, idx)
+    return rec
+
+
+def test_unsupported_images(scene):
+    rec = _gt_model_without_points_of(scene, {"img_002.png"})
+    counts = sorted(im.num_points3D for im in rec.images.values())
+    assert counts[0] == 0 and counts[1] > 100
+    assert unsupported_images(rec) == ["img_002.png"]
+    assert unsupported_images(rec, min_points=0, min_ratio=0.0) == []
+    assert len(unsupported_images(rec, min_points=10**6)) == 5
+
+
+def test_coverage_counts_supported_images_only(scene, monkeypatch):
+    """A model that registers every image but leaves two without 3D support loses to a sound one."""
+    weak = _gt_model_without_points_of(scene, {"img_001.png", "img_003.png"})
+    sound = _gt_model_without_points_of(scene, set())
+    models = {"incremental": weak, "global": sound}
+    monkeypatch.setattr(reconstruction, "_map_once", lambda db, im, work, mapper, seed, cfg: (models[mapper], 1))
+    best, attempts = map_database(scene / "database.db", scene / "images",
+                                  MappingConfig(mapper="incremental", retry_seeds=0), num_images=5)
+    assert best is sound
+    assert [(a["mapper"], a["registered"], a["supported"]) for a in attempts] == [("incremental", 5, 3), ("global", 5, 5)]
 
 
 def test_errors(tmp_path):
