@@ -97,6 +97,16 @@ def test_parity_portrait_landscape_mix(ref, ours):
     assert_matches_reference(out, data)
 
 
+def test_channels_last_parity(ref, ours, pair640):
+    """The channels_last memory format keeps parity with the original (same matches and keypoints)."""
+    im0, im1 = pair640
+    data = run_reference(ref, im0, im1, threshold=0.0)
+    cl = EfficientLoFTRForKeypointMatching(EfficientLoFTRConfig(channels_last=True))
+    cl.load_state_dict(ours.state_dict())
+    assert cl._use_channels_last(im0.device, None)
+    assert_matches_reference(cl(image0=im0, image1=im1, threshold=0.0), data, min_matches=50)
+
+
 def test_optimized_preset_parity(ref, ours, pair640):
     im0, im1 = pair640
     ref.coarse_matching.skip_softmax = True
