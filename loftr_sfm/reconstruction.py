@@ -10,11 +10,13 @@ Writes into the output folder:
 
 Coverage counts *supported* images: registered images that see at least ``min_image_points``
 3D points and at least ``min_image_points_ratio`` times the model's median (an image that could
-not have been registered by PnP against its model is not supported by it). A model broken by
-wrong but verified pairs, e.g. repetitive facades matched across a courtyard, typically keeps
-such images: the global mapper on castle-P30 with XFeat* matches (every one of the 435 pairs
-passes verification, opposite views with 50-140 inliers) registers 30/30 images, 14 of them
-rotated by 70-176 degrees, 6 of those with fewer than 10 % of the median image's points.
+not have been registered by PnP against its model is not supported by it), and at least
+``min_epipolar_agreement`` of whose verified two-view inlier matches agree with the model's
+poses (:func:`epipolar_agreement`). A model broken by wrong but verified pairs, e.g. repetitive
+facades matched across a courtyard, fails that test: the global mapper on castle-P30 with XFeat*
+matches (every one of the 435 exhaustive pairs passes verification, opposite views with 50-140
+inliers) registers 30/30 images, 14 of them rotated by 40-172 degrees; 7 of those agree with
+4-32 % of their inliers, while no image of a sound castle model agrees with less than 62 %.
 Low coverage (fewer than ``min_coverage`` of the database images supported) triggers the
 documented fallback: retry the same mapper with ``retry_seeds`` other seeds, then the other
 mapper (incremental <-> global); the attempt with most supported images (then most points)
@@ -54,6 +56,8 @@ class MappingConfig:
     min_num_matches: int = 15  # pairs with fewer verified inliers are ignored
     min_image_points: int = 30  # a registered image with fewer 3D points is not supported (coverage)
     min_image_points_ratio: float = 0.1  # ... nor one with fewer than this times the median image's points
+    min_epipolar_agreement: float = 0.4  # ... nor one whose verified inliers agree less with the model's poses
+    agreement_max_error: float = 4.0  # px, Sampson distance under which an inlier agrees with the model
     num_threads: int = -1
     refine_focal_length: bool = True
     refine_principal_point: bool = False
@@ -113,18 +117,86 @@ def model_stats(rec) -> dict:
     }
 
 
-def unsupported_images(rec, min_points: int = 30, min_ratio: float = 0.1) -> list[str]:
-    """Names of the registered images of ``rec`` that its 3D points hardly support.
+def epipolar_agreement(rec, db_path: Path, max_error: float = 4.0, min_inliers: int = 15) -> dict[str, float]:
+    """Per registered image, the share of its verified two-view inlier matches the model explains.
+
+    For every pair of registered images with at least ``min_inliers`` verified inliers in the
+    database, the Sampson distance of each inlier to the epipolar geometry of the model's relative
+    pose is computed (normalized coordinates, so distortion is removed, times the pair's mean
+    focal length: pixels, COLMAP convention) and compared with ``max_error``. A camera put in a
+    wrong place contradicts the pairs with its true neighbours, which carry most of its inliers; a
+    sound model leaves only wrong-but-verified pairs (repetitive structure) unexplained.
+
+    Returns:
+        {image name: agreeing inliers / verified inliers over all its pairs}; images without a
+        verified pair with another registered image are absent.
+    """
+    import pycolmap
+
+    posed = {im.name: im for im in rec.images.values() if im.has_pose}
+    agree: dict[str, int] = {}
+    total: dict[str, int] = {}
+    keypoints: dict[int, np.ndarray] = {}
+    with pycolmap.Database.open(str(db_path)) as db:
+        names = {im.image_id: im.name for im in db.read_all_images()}
+        pair_ids, tvgs = db.read_two_view_geometries()
+        for pair_id, tvg in zip(pair_ids, tvgs):
+            m = np.asarray(tvg.inlier_matches).reshape(-1, 2)
+            if len(m) < min_inliers:
+                continue
+            ids = pycolmap.pair_id_to_image_pair(pair_id)
+            ims = [posed.get(names.get(i, "")) for i in ids]
+            if ims[0] is None or ims[1] is None:
+                continue
+            for i in ids:
+                if i not in keypoints:
+                    keypoints[i] = np.asarray(db.read_keypoints(i), np.float64)[:, :2]
+            cams = [rec.cameras[im.camera_id] for im in ims]
+            x0, x1 = (np.c_[cam.cam_from_img(keypoints[i][m[:, k]]), np.ones(len(m))]
+                      for k, (i, cam) in enumerate(zip(ids, cams)))
+            rel = ims[1].cam_from_world() * ims[0].cam_from_world().inverse()
+            t = np.asarray(rel.translation, np.float64)
+            t = t / max(float(np.linalg.norm(t)), 1e-12)
+            E = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]]) @ rel.rotation.matrix()
+            Ex0, Etx1 = x0 @ E.T, x1 @ E
+            sampson = np.sum(x1 * Ex0, 1) ** 2 / np.maximum(
+                Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2 + Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2, 1e-300)
+            focal = 0.5 * (cams[0].mean_focal_length() + cams[1].mean_focal_length())
+            ok = int(np.count_nonzero(np.sqrt(sampson) * focal < max_error))
+            for im in ims:
+                agree[im.name] = agree.get(im.name, 0) + ok
+                total[im.name] = total.get(im.name, 0) + len(m)
+    return {n: agree[n] / total[n] for n in sorted(total)}
+
+
+def unsupported_images(
+    rec,
+    min_points: int = 30,
+    min_ratio: float = 0.1,
+    agreement: Mapping[str, float] | None = None,
+    min_agreement: float = 0.4,
+) -> list[str]:
+    """Names of the registered images of ``rec`` that the model does not support (sorted).
 
     An image is unsupported when it observes fewer than ``max(min_points, min_ratio * median)``
-    3D points, the median being taken over the registered images. Sorted by name.
+    3D points (median over the registered images), or when ``agreement`` (see
+    :func:`epipolar_agreement`) gives it a share below ``min_agreement``.
     """
     reg = [im for im in rec.images.values() if im.has_pose]
     if not reg:
         return []
     counts = np.array([im.num_points3D for im in reg])
     threshold = max(float(min_points), float(min_ratio) * float(np.median(counts)))
-    return sorted(im.name for im, c in zip(reg, counts) if c < threshold)
+    agreement = agreement or {}
+    return sorted(im.name for im, c in zip(reg, counts)
+                  if c < threshold or agreement.get(im.name, 1.0) < min_agreement)
+
+
+def _unsupported(rec, db_path: Path, cfg: MappingConfig) -> list[str]:
+    agreement = (epipolar_agreement(rec, db_path, cfg.agreement_max_error, cfg.min_num_matches)
+                 if cfg.min_epipolar_agreement > 0 else None)
+    return unsupported_images(rec, cfg.min_image_points, cfg.min_image_points_ratio, agreement,
+                              cfg.min_epipolar_agreement)
 
 
 # --------------------------------------------------------------------------- mapping
@@ -180,14 +252,17 @@ def map_database(db_path: Path, images: Path, cfg: MappingConfig, num_images: in
             t0 = time.perf_counter()
             rec, n_models = _map_once(db_path, images, Path(tmpdir) / str(k), mapper, seed, cfg)
             reg = rec.num_reg_images() if rec is not None else 0
-            weak = unsupported_images(rec, cfg.min_image_points, cfg.min_image_points_ratio) if rec is not None else []
+            weak = _unsupported(rec, db_path, cfg) if rec is not None else []
             key = (reg - len(weak), rec.num_points3D() if rec is not None else 0)
             attempts.append({"mapper": mapper, "seed": seed, "models": n_models, "registered": reg,
-                             "supported": key[0], "points": key[1], "seconds": round(time.perf_counter() - t0, 3)})
+                             "supported": key[0], "points": key[1], "unsupported_images": weak,
+                             "seconds": round(time.perf_counter() - t0, 3)})
             logger.info("mapping attempt %d (%s, seed %d): %d models, %d/%d images registered, %d supported",
                         k + 1, mapper, seed, n_models, reg, num_images, key[0])
             if rec is not None and key > best_key:
                 best, best_key = rec, key
+                for a in attempts:
+                    a["chosen"] = a is attempts[-1]
             if best is not None and best_key[0] >= cfg.min_coverage * num_images:
                 break
             if k + 1 < len(order):
@@ -264,7 +339,7 @@ def run_mapping(
     stats = model_stats(rec) if rec is not None else {"registered": 0, "points": 0, "observations": 0,
                                                       "mean_track_length": 0.0, "duplicate_observations": 0,
                                                       "mean_reprojection_error": 0.0}
-    weak = unsupported_images(rec, cfg.min_image_points, cfg.min_image_points_ratio) if rec is not None else []
+    weak = next((a["unsupported_images"] for a in attempts if a.get("chosen")), [])
     if weak:
         logger.warning("mapping: %d registered image(s) are hardly supported by 3D points (poses unreliable): %s",
                        len(weak), ", ".join(weak[:10]))
@@ -370,4 +445,4 @@ def triangulate_from_poses(
 
 
 __all__ = ["MappingConfig", "MAPPERS", "run_mapping", "load_model", "map_database", "model_stats", "unsupported_images",
-           "write_model", "triangulate_from_poses", "record_stage_time", "read_stage_times"]
+           "epipolar_agreement", "write_model", "triangulate_from_poses", "record_stage_time", "read_stage_times"]

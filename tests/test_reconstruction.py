@@ -16,6 +16,7 @@ from loftr_sfm.keypoints import run_keypoints
 from loftr_sfm import reconstruction
 from loftr_sfm.reconstruction import (
     MappingConfig,
+    epipolar_agreement,
     map_database,
     model_stats,
     read_stage_times,
@@ -104,6 +105,22 @@ def test_unsupported_images(scene):
     assert unsupported_images(rec) == ["img_002.png"]
     assert unsupported_images(rec, min_points=0, min_ratio=0.0) == []
     assert len(unsupported_images(rec, min_points=10**6)) == 5
+
+
+def test_epipolar_agreement_flags_a_misplaced_camera(scene):
+    rec = _gt_model_without_points_of(scene, set())
+    sound = epipolar_agreement(rec, scene / "database.db")
+    assert sorted(sound) == sorted(im.name for im in rec.images.values())
+    assert min(sound.values()) > 0.9  # GT poses explain the verified inliers
+    # turn img_003 by 15 degrees about its optical axis, as a badly placed camera
+    im = next(im for im in rec.images.values() if im.name == "img_003.png")
+    frame = rec.frames[im.frame_id]
+    c, s_ = np.cos(np.radians(7.5)), np.sin(np.radians(7.5))
+    frame.rig_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(np.array([0.0, 0.0, s_, c])), np.zeros(3)) * frame.rig_from_world
+    bad = epipolar_agreement(rec, scene / "database.db")
+    assert bad["img_003.png"] < 0.3 and min(v for n, v in bad.items() if n != "img_003.png") > 0.5
+    assert unsupported_images(rec, agreement=bad) == ["img_003.png"]
+    assert unsupported_images(rec, agreement=bad, min_agreement=0.0) == []
 
 
 def test_coverage_counts_supported_images_only(scene, monkeypatch):
