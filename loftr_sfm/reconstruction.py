@@ -266,7 +266,7 @@ def map_database(db_path: Path, images: Path, cfg: MappingConfig, num_images: in
             if best is not None and best_key[0] >= cfg.min_coverage * num_images:
                 break
             if k + 1 < len(order):
-                logger.warning("mapping: low coverage (%d/%d images registered and supported by their 3D points), "
+                logger.warning("mapping: low coverage (%d/%d images registered and supported by the model), "
                                "retrying with %s seed %d", key[0], num_images, *order[k + 1])
     return best, attempts
 
@@ -341,7 +341,8 @@ def run_mapping(
                                                       "mean_reprojection_error": 0.0}
     weak = next((a["unsupported_images"] for a in attempts if a.get("chosen")), [])
     if weak:
-        logger.warning("mapping: %d registered image(s) are hardly supported by 3D points (poses unreliable): %s",
+        logger.warning("mapping: %d registered image(s) are not supported by the model (few 3D points, or verified "
+                       "matches that contradict their poses): their poses are unreliable: %s",
                        len(weak), ", ".join(weak[:10]))
     summary = {
         "num_images": num_images,
