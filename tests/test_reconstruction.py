@@ -15,6 +15,7 @@ from loftr_sfm.io import InputError
 from loftr_sfm.keypoints import run_keypoints
 from loftr_sfm import reconstruction
 from loftr_sfm.reconstruction import (
+    Agreement,
     MappingConfig,
     epipolar_agreement,
     map_database,
@@ -109,7 +110,7 @@ def test_unsupported_images(scene):
 
 def test_epipolar_agreement_flags_a_misplaced_camera(scene):
     rec = _gt_model_without_points_of(scene, set())
-    sound = epipolar_agreement(rec, scene / "database.db")
+    sound = epipolar_agreement(rec, scene / "database.db").per_image()
     assert sorted(sound) == sorted(im.name for im in rec.images.values())
     assert min(sound.values()) > 0.9  # GT poses explain the verified inliers
     # turn img_003 by 15 degrees about its optical axis, as a badly placed camera
@@ -118,9 +119,22 @@ def test_epipolar_agreement_flags_a_misplaced_camera(scene):
     c, s_ = np.cos(np.radians(7.5)), np.sin(np.radians(7.5))
     frame.rig_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(np.array([0.0, 0.0, s_, c])), np.zeros(3)) * frame.rig_from_world
     bad = epipolar_agreement(rec, scene / "database.db")
-    assert bad["img_003.png"] < 0.3 and min(v for n, v in bad.items() if n != "img_003.png") > 0.5
+    share = bad.per_image()
+    assert share["img_003.png"] < 0.3 and min(v for n, v in share.items() if n != "img_003.png") > 0.5
     assert unsupported_images(rec, agreement=bad) == ["img_003.png"]
-    assert unsupported_images(rec, agreement=bad, min_agreement=0.0) == []
+    # without the per-image rule the camera is still cut off: none of its pairs agrees
+    assert unsupported_images(rec, agreement=bad, min_agreement=0.0) == ["img_003.png"]
+    assert unsupported_images(rec, agreement=bad, min_agreement=0.0, min_pair_agreement=0.0) == []
+
+
+def test_a_block_attached_by_contradicted_pairs_only_is_unsupported():
+    """Two blocks that each agree inside but are joined only by pairs the model contradicts (fox, global)."""
+    strong = [(f"a{i}", f"a{i + 1}", 500, 490) for i in range(4)] + [(f"b{i}", f"b{i + 1}", 500, 495) for i in range(2)]
+    links = [("a4", "b0", 20, 0), ("a3", "b1", 18, 2)]
+    agreement = Agreement(strong + links)
+    assert min(agreement.per_image().values()) > 0.9  # every image agrees with its pairs overall
+    assert agreement.main_component() == {"a0", "a1", "a2", "a3", "a4"}
+    assert Agreement(strong + [("a4", "b0", 20, 15)]).main_component() == {*(f"a{i}" for i in range(5)), "b0", "b1", "b2"}
 
 
 def test_coverage_counts_supported_images_only(scene, monkeypatch):
