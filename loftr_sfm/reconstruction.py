@@ -171,27 +171,32 @@ def epipolar_agreement(rec, db_path: Path, max_error: float = 4.0, min_inliers: 
     wrong place contradicts the pairs with its true neighbours, which carry most of its inliers; a
     sound model leaves only wrong-but-verified pairs (repetitive structure) unexplained.
     """
+    import functools
+
     import pycolmap
 
     posed = {im.name: im for im in rec.images.values() if im.has_pose}
     pairs: list[tuple[str, str, int, int]] = []
-    keypoints: dict[int, np.ndarray] = {}
     with pycolmap.Database.open(str(db_path)) as db:
         names = {im.image_id: im.name for im in db.read_all_images()}
-        pair_ids, tvgs = db.read_two_view_geometries()
-        for pair_id, tvg in zip(pair_ids, tvgs):
-            m = np.asarray(tvg.inlier_matches).reshape(-1, 2)
-            if len(m) < min_inliers:
+
+        @functools.lru_cache(maxsize=256)  # pairs come sorted by first image: memory stays bounded
+        def keypoints(image_id: int) -> np.ndarray:
+            return np.asarray(db.read_keypoints(image_id), np.float64)[:, :2]
+
+        pair_ids, num_inliers = db.read_two_view_geometry_num_inliers()
+        for pair_id, n in sorted(zip(pair_ids, num_inliers)):
+            if n < min_inliers:
                 continue
             ids = pycolmap.pair_id_to_image_pair(pair_id)
             ims = [posed.get(names.get(i, "")) for i in ids]
             if ims[0] is None or ims[1] is None:
                 continue
-            for i in ids:
-                if i not in keypoints:
-                    keypoints[i] = np.asarray(db.read_keypoints(i), np.float64)[:, :2]
+            m = np.asarray(db.read_two_view_geometry(*ids).inlier_matches).reshape(-1, 2)
+            if len(m) < min_inliers:
+                continue
             cams = [rec.cameras[im.camera_id] for im in ims]
-            x0, x1 = (np.c_[cam.cam_from_img(keypoints[i][m[:, k]]), np.ones(len(m))]
+            x0, x1 = (np.c_[cam.cam_from_img(keypoints(i)[m[:, k]]), np.ones(len(m))]
                       for k, (i, cam) in enumerate(zip(ids, cams)))
             rel = ims[1].cam_from_world() * ims[0].cam_from_world().inverse()
             t = np.asarray(rel.translation, np.float64)
