@@ -24,7 +24,8 @@ second half by 122 degrees, while every image still agrees with at least 90 % of
 Low coverage (fewer than ``min_coverage`` of the database images supported) triggers the
 documented fallback: retry the same mapper with ``retry_seeds`` other seeds, then the other
 mapper (incremental <-> global); the attempt with most supported images (then most points)
-wins. Every attempt is listed in summary.json, and so are the chosen model's unsupported images.
+wins. Every attempt is listed in summary.json, and so are the chosen model's unsupported images,
+which are removed from it (``drop_unsupported``): a missing pose is better than a wrong one.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class MappingConfig:
     min_image_points_ratio: float = 0.1  # ... nor one with fewer than this times the median image's points
     min_epipolar_agreement: float = 0.4  # ... nor one whose verified inliers agree less with the model's poses
     min_pair_agreement: float = 0.5  # ... nor one linked to the model's main part only by pairs agreeing less
+    drop_unsupported: bool = True  # remove the chosen model's unsupported images (unreliable poses) from it
     agreement_max_error: float = 4.0  # px, Sampson distance under which an inlier agrees with the model
     num_threads: int = -1
     refine_focal_length: bool = True
@@ -319,6 +321,14 @@ def map_database(db_path: Path, images: Path, cfg: MappingConfig, num_images: in
     return best, attempts
 
 
+def drop_images(rec, names) -> None:
+    """De-register the images ``names`` of ``rec`` (their observations go; points keep >= 2 views)."""
+    names = set(names)
+    for im in list(rec.images.values()):
+        if im.name in names and im.has_pose:
+            rec.deregister_frame(im.frame_id)
+
+
 def write_model(rec, output: Path) -> None:
     """model/ (binary), model_txt/ (text) and points.ply, each replaced atomically."""
     output = Path(output)
@@ -381,21 +391,24 @@ def run_mapping(
         num_images = db.num_images()
     with Timer() as t:
         rec, attempts = map_database(db_path, images, cfg, num_images)
+        weak = next((a["unsupported_images"] for a in attempts if a.get("chosen")), [])
+        if weak:
+            logger.warning("mapping: %d registered image(s) are not supported by the model (few 3D points, or verified "
+                           "matches that contradict their poses), their poses are unreliable%s: %s", len(weak),
+                           ": removed from the model" if cfg.drop_unsupported else "", ", ".join(weak[:10]))
+            if cfg.drop_unsupported:
+                drop_images(rec, weak)
         if rec is not None:
             write_model(rec, output)
     record_stage_time(output, "mapping", t.seconds)
     stats = model_stats(rec) if rec is not None else {"registered": 0, "points": 0, "observations": 0,
                                                       "mean_track_length": 0.0, "duplicate_observations": 0,
                                                       "mean_reprojection_error": 0.0}
-    weak = next((a["unsupported_images"] for a in attempts if a.get("chosen")), [])
-    if weak:
-        logger.warning("mapping: %d registered image(s) are not supported by the model (few 3D points, or verified "
-                       "matches that contradict their poses): their poses are unreliable: %s",
-                       len(weak), ", ".join(weak[:10]))
     summary = {
         "num_images": num_images,
         **stats,
         "unsupported_images": weak,
+        "dropped_images": weak if cfg.drop_unsupported else [],
         "registered_fraction": stats["registered"] / max(num_images, 1),
         "mapper": cfg.mapper,
         "attempts": attempts,
@@ -494,4 +507,4 @@ def triangulate_from_poses(
 
 
 __all__ = ["MappingConfig", "MAPPERS", "run_mapping", "load_model", "map_database", "model_stats", "unsupported_images",
-           "Agreement", "epipolar_agreement", "write_model", "triangulate_from_poses", "record_stage_time", "read_stage_times"]
+           "drop_images", "Agreement", "epipolar_agreement", "write_model", "triangulate_from_poses", "record_stage_time", "read_stage_times"]

@@ -149,6 +149,21 @@ def test_coverage_counts_supported_images_only(scene, monkeypatch):
     assert [(a["mapper"], a["registered"], a["supported"]) for a in attempts] == [("incremental", 5, 3), ("global", 5, 5)]
 
 
+def test_unsupported_images_are_dropped_from_the_chosen_model(scene, tmp_path, monkeypatch):
+    monkeypatch.setattr(reconstruction, "_map_once",
+                        lambda db, im, work, mapper, seed, cfg: (_gt_model_without_points_of(scene, {"img_001.png"}), 1))
+    (tmp_path / "database.db").write_bytes((scene / "database.db").read_bytes())
+    s = run_mapping(tmp_path, scene / "images", MappingConfig(retry_seeds=0, fallback=False))
+    assert s["unsupported_images"] == s["dropped_images"] == ["img_001.png"]
+    assert s["registered"] == 4
+    model = pycolmap.Reconstruction(str(tmp_path / "model"))
+    assert sorted(im.name for im in model.images.values() if im.has_pose) == ["img_000.png", "img_002.png",
+                                                                               "img_003.png", "img_004.png"]
+    assert min(len(p.track.elements) for p in model.points3D.values()) >= 2
+    kept = run_mapping(tmp_path, scene / "images", MappingConfig(retry_seeds=0, fallback=False, drop_unsupported=False))
+    assert kept["registered"] == 5 and kept["dropped_images"] == [] and kept["unsupported_images"] == ["img_001.png"]
+
+
 def test_errors(tmp_path):
     with pytest.raises(InputError, match="database"):
         run_mapping(tmp_path, tmp_path)
