@@ -145,16 +145,21 @@ class Agreement:
                 total[name] = total.get(name, 0) + n
         return {n: agree[n] / total[n] for n in sorted(total)}
 
-    def main_component(self, min_pair_agreement: float = 0.5) -> set[str]:
-        """Images of the largest connected component of the pairs that mostly agree (share >= threshold)."""
+    def main_component(self, min_pair_agreement: float = 0.5, exclude: set[str] | frozenset[str] = frozenset()) -> set[str]:
+        """Images of the largest connected component of the pairs that mostly agree (share >= threshold).
+
+        Images in ``exclude`` (already known to be unsupported) take no part: a camera without 3D
+        points can sit between two blocks turned against each other and agree with both.
+        """
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
-        names = sorted({n for a, b, _, _ in self.pairs for n in (a, b)})
+        names = sorted({n for a, b, _, _ in self.pairs for n in (a, b)} - set(exclude))
         if not names:
             return set()
         idx = {n: i for i, n in enumerate(names)}
-        good = [(idx[a], idx[b]) for a, b, n, ok in self.pairs if ok >= min_pair_agreement * n]
+        good = [(idx[a], idx[b]) for a, b, n, ok in self.pairs
+                if ok >= min_pair_agreement * n and a in idx and b in idx]
         rows = np.array([e[0] for e in good], np.int64)
         cols = np.array([e[1] for e in good], np.int64)
         graph = coo_matrix((np.ones(len(good)), (rows, cols)), shape=(len(names), len(names)))
@@ -237,7 +242,7 @@ def unsupported_images(
     weak = {im.name for im, c in zip(reg, counts) if c < threshold}
     if agreement is not None and agreement.pairs:
         weak.update(n for n, share in agreement.per_image().items() if share < min_agreement)
-        main = agreement.main_component(min_pair_agreement)
+        main = agreement.main_component(min_pair_agreement, exclude=weak)
         weak.update(im.name for im in reg if im.name not in main)
     return sorted(weak)
 
