@@ -970,7 +970,10 @@ class Localizer:
         root = Path(query_root) if query_root is not None else None
         items = []
         for q in queries:
-            p = Path(q) if root is None or Path(q).is_absolute() else root / q
+            p = Path(q)
+            # a path as given; a bare name relative to the root (a relative root given in both must not double)
+            if root is not None and not p.is_absolute() and not p.is_relative_to(root) and not p.exists():
+                p = root / p
             name = p.relative_to(root).as_posix() if root is not None and p.is_relative_to(root) else p.name
             items.append((name, p))
         if not items:

@@ -370,3 +370,14 @@ def test_covisibility_clustering_single_cluster(scene):
     assert res.success and sorted(res.cluster) == sorted(loc.names[:2])
     R, _ = gt_pose(gt, query)
     assert rotation_error_deg(res.R, R) < 0.05
+
+
+def test_query_list_with_a_relative_root_is_not_joined_twice(tmp_path, monkeypatch):
+    """evaluate_localization passes ``root / name`` together with ``query_root=root``, root relative."""
+    monkeypatch.chdir(tmp_path)
+    root = Path("work") / "queries"
+    (root / "sub").mkdir(parents=True)
+    for n in ("a.jpg", "sub/b.jpg"):
+        (root / n).write_bytes(b"x")
+    items = Localizer._query_items(None, [root / "a.jpg", root / "sub" / "b.jpg", "sub/b.jpg"], root)
+    assert items == [("a.jpg", root / "a.jpg"), ("sub/b.jpg", root / "sub" / "b.jpg"), ("sub/b.jpg", root / "sub" / "b.jpg")]
