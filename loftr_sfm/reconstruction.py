@@ -200,8 +200,6 @@ def epipolar_agreement(rec, db_path: Path, max_error: float = 4.0, min_inliers: 
             if ims[0] is None or ims[1] is None:
                 continue
             m = np.asarray(db.read_two_view_geometry(*ids).inlier_matches).reshape(-1, 2)
-            if len(m) < min_inliers:
-                continue
             cams = [rec.cameras[im.camera_id] for im in ims]
             x0, x1 = (np.c_[cam.cam_from_img(keypoints(i)[m[:, k]]), np.ones(len(m))]
                       for k, (i, cam) in enumerate(zip(ids, cams)))
@@ -248,8 +246,8 @@ def unsupported_images(
 
 
 def _unsupported(rec, db_path: Path, cfg: MappingConfig) -> list[str]:
-    agreement = (epipolar_agreement(rec, db_path, cfg.agreement_max_error, cfg.min_num_matches)
-                 if cfg.min_epipolar_agreement > 0 else None)
+    wanted = cfg.min_epipolar_agreement > 0 or cfg.min_pair_agreement > 0  # both rules off: no database pass
+    agreement = epipolar_agreement(rec, db_path, cfg.agreement_max_error, cfg.min_num_matches) if wanted else None
     return unsupported_images(rec, cfg.min_image_points, cfg.min_image_points_ratio, agreement,
                               cfg.min_epipolar_agreement, cfg.min_pair_agreement)
 
@@ -511,5 +509,6 @@ def triangulate_from_poses(
     return out
 
 
-__all__ = ["MappingConfig", "MAPPERS", "run_mapping", "load_model", "map_database", "model_stats", "unsupported_images",
-           "drop_images", "Agreement", "epipolar_agreement", "write_model", "triangulate_from_poses", "record_stage_time", "read_stage_times"]
+__all__ = ["MappingConfig", "MAPPERS", "run_mapping", "load_model", "map_database", "model_stats",
+           "unsupported_images", "drop_images", "Agreement", "epipolar_agreement", "write_model",
+           "triangulate_from_poses", "record_stage_time", "read_stage_times"]

@@ -38,7 +38,7 @@ import h5py
 
 from loftr_sfm.database import run_database
 from loftr_sfm.evaluation import EvaluationConfig, evaluate_reconstruction, gt_camera_params
-from loftr_sfm.io import atomic_path, find_pair, read_pairs
+from loftr_sfm.io import atomic_path, find_pair, read_pairs, write_pairs
 from loftr_sfm.keypoints import run_keypoints
 from loftr_sfm.matching import run_matching
 from loftr_sfm.pairs import run_pairs
@@ -90,11 +90,7 @@ def match_source(scene: str, matcher: str, methods: list[str], work: Path, num_n
         for method in methods:
             run_pairs(base / method, images, {"method": method, "num_neighbors": num_neighbors})
             pairs.update(read_pairs(base / method / "pairs.txt"))
-        src.mkdir(parents=True, exist_ok=True)
-        text = "".join(f"{a} {b}\n" for a, b in sorted(pairs))
-        if not (src / "pairs.txt").is_file() or (src / "pairs.txt").read_text() != text:
-            with atomic_path(src / "pairs.txt") as tmp:
-                tmp.write_text(text)
+        write_pairs(src / "pairs.txt", sorted(pairs))  # untouched when unchanged
     run_matching(src, images, {"matcher": matcher})
     return src, time.perf_counter() - t0
 
