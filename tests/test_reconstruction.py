@@ -137,6 +137,27 @@ def test_a_block_attached_by_contradicted_pairs_only_is_unsupported():
     assert Agreement(strong + [("a4", "b0", 20, 15)]).main_component() == {*(f"a{i}" for i in range(5)), "b0", "b1", "b2"}
 
 
+def test_strong_contradicted_links_outweigh_weak_agreeing_ones():
+    """castle-P30, SIFT, sequential, global: a turned block whose strong links disagree, two weak ones agree."""
+    a_block = {f"a{i}" for i in range(5)}
+    b_block = {"b0", "b1", "b2"}
+    inner = [(f"a{i}", f"a{i + 1}", 500, 490) for i in range(4)] + [(f"b{i}", f"b{i + 1}", 500, 495) for i in range(2)]
+    strong_bad = [("a4", "b0", 185, 0), ("a4", "b1", 132, 0), ("a3", "b0", 63, 1)]
+    weak_good = [("a2", "b0", 25, 16), ("a2", "b1", 32, 21)]
+    turned = Agreement(inner + strong_bad + weak_good)
+    assert turned.main_component() == a_block
+    assert turned.main_component(min_link_inliers=10**6) == a_block | b_block  # all weak: the best pair decides
+    # the same cut where the strong links agree (and a few junk pairs do not): one model
+    sound = Agreement(inner + [("a4", "b0", 185, 180), ("a4", "b1", 132, 2)] + [(f"a{i}", "b2", 17, 0) for i in range(5)])
+    assert sound.main_component() == a_block | b_block
+    # fox, SIFT, sequential: halves joined by many wrong weak pairs and one that agrees
+    junk = [(f"a{i}", f"b{j}", 17, i % 2) for i in range(5) for j in range(3)]
+    assert Agreement(inner + junk).main_component() == a_block
+    assert Agreement(inner + junk + [("a1", "b2", 20, 14)]).main_component() == a_block | b_block
+    # without a1 (already unsupported) the agreeing link is gone, and a0, chained to the rest through a1 only
+    assert Agreement(inner + junk + [("a1", "b2", 20, 14)]).main_component(exclude={"a1"}) == {"a2", "a3", "a4"}
+
+
 def test_coverage_counts_supported_images_only(scene, monkeypatch):
     """A model that registers every image but leaves two without 3D support loses to a sound one."""
     weak = _gt_model_without_points_of(scene, {"img_001.png", "img_003.png"})
