@@ -69,8 +69,9 @@ PRESETS: dict[str, dict[str, float]] = {
     # sub-pixel: 1-px cells join identical lattice points across pairs; close duplicates
     # (noise of the sub-pixel side) merge within 2 px.
     "eloftr": {"cell_size": 1.0, "max_error": 2.0},
-    # XFeat*: image0 keypoints are the image's own detections (the same pixel in every pair),
-    # image1 is refined by an offset head (sub-pixel, noisier): 2-px cells.
+    # XFeat*: image1 keypoints are the image's own coarse cell centres (the same point in every
+    # pair), image0's are regressed by the offset head and then refined photometrically
+    # (sub-pixel, different for every partner image): 2-px cells.
     "xfeat-star": {"cell_size": 2.0, "max_error": 2.0},
     # detector-based (SIFT): keypoints are repeatable to well below a pixel; a fine grid only
     # removes exact duplicates.

@@ -1,0 +1,124 @@
+"""Photometric sub-pixel refinement of matches (Lucas-Kanade on small patches, all matches at once).
+
+A matcher that places one side of its matches on a lattice and regresses the other side (XFeat*:
+image1 on 8-px cell centres, image0 from an 8x8 offset heatmap) leaves the regressed side with
+~1 px of error at its input resolution. Here the regressed point ``k0`` is moved so that the
+patch around it in image0 looks like the patch around the fixed point ``k1`` in image1:
+inverse-compositional Gauss-Newton (Baker & Matthews) of an affine warp (or a translation) on
+zero-mean, unit-variance patches (gain and bias invariant) under a Gaussian window. The affine
+part matters between views: on a texture turned by 4 (10) degrees and scaled by 1.05 (1.1) a
+translation-only fit is off by 0.14 (0.36) px at the median, the affine one by 0.03 (0.02). A match keeps the refined point when it moved less
+than ``max_shift`` px and the final patches correlate at least ``min_ncc``; the others are
+reported as not refined (outliers, occlusion, textureless or strongly distorted patches).
+
+Measured on castle-P30 (142 pairs with < 60 deg between optical axes, XFeat* at 1024 px, GT
+epipolar geometry, errors in original 3072-px pixels): median Sampson error 0.98 px before, 0.12 px
+over the 76 % of matches refined (affine, radius 7; translation, radius 5: 0.27 px); SIFT 0.19 px.
+
+Coordinates: pixel centres at integers (OpenCV convention) in the frame of the given images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class RefineOptions:
+    radius: int = 7  # patch half-size in px of the images given (patch = 2 r + 1 squared)
+    iterations: int = 8  # Gauss-Newton steps
+    min_ncc: float = 0.6  # minimum final normalized cross-correlation of a refined match
+    max_shift: float = 2.0  # px; a point that moves farther is not refined (kept where it was)
+    affine: bool = True  # fit the patch's local affine distortion too (6 parameters; False: translation only)
+
+
+def image_gradients(image: torch.Tensor) -> torch.Tensor:
+    """(H, W) or (1, H, W) image -> (3, H, W): the image, d/dx and d/dy (Sobel / 8, replicate border)."""
+    img = image.reshape(1, 1, *image.shape[-2:]).float()
+    k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=img.device) / 8.0
+    padded = F.pad(img, (1, 1, 1, 1), mode="replicate")
+    gx = F.conv2d(padded, k[None, None])
+    gy = F.conv2d(padded, k.T.contiguous()[None, None])
+    return torch.cat([img, gx, gy], dim=1)[0]
+
+
+def _sample(stack: torch.Tensor, points: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of a (C, H, W) stack at ``points`` (M, 2) + ``offsets`` (P, 2) -> (C, M, P)."""
+    H, W = stack.shape[-2:]
+    q = points[:, None, :] + offsets[None]
+    grid = torch.stack([(q[..., 0] + 0.5) * (2.0 / W) - 1.0, (q[..., 1] + 0.5) * (2.0 / H) - 1.0], dim=-1)
+    return F.grid_sample(stack[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)[0]
+
+
+def _sample_warped(image: torch.Tensor, points: torch.Tensor, A: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Samples of a (1, H, W) image at ``points`` (M, 2) + ``A`` (M, 2, 2) @ ``offsets`` (P, 2) -> (M, P)."""
+    H, W = image.shape[-2:]
+    q = points[:, None, :] + offsets[None] @ A.transpose(1, 2)
+    grid = torch.stack([(q[..., 0] + 0.5) * (2.0 / W) - 1.0, (q[..., 1] + 0.5) * (2.0 / H) - 1.0], dim=-1)
+    return F.grid_sample(image[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
+
+
+def _normalize(patches: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-mean, unit-variance (Gaussian-weighted) patches (M, P) and their standard deviations (M, 1)."""
+    mean = (patches * w).sum(1, keepdim=True)
+    std = (((patches - mean) ** 2) * w).sum(1, keepdim=True).sqrt().clamp_min(1e-6)
+    return (patches - mean) / std, std
+
+
+def refine_matches(
+    image0: torch.Tensor,
+    image1: torch.Tensor,
+    k0: torch.Tensor,
+    k1: torch.Tensor,
+    options: RefineOptions | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move ``k0`` to sub-pixel agreement with the fixed ``k1``.
+
+    Args:
+        image0, image1: (H, W), (1, H, W) gray images, or (3, H, W) stacks from :func:`image_gradients`
+            (pass those when one image takes part in several calls).
+        k0, k1: (M, 2) matched points (x, y), pixel centres at integers, in those images' frames.
+    Returns:
+        ``k0_refined`` (M, 2) (unrefined points unchanged) and ``refined`` (M,) bool.
+    """
+    opts = options or RefineOptions()
+    s0 = image0 if image0.dim() == 3 and image0.shape[0] == 3 else image_gradients(image0)
+    s1 = image1 if image1.dim() == 3 and image1.shape[0] == 3 else image_gradients(image1)
+    k0 = k0.float()
+    if len(k0) == 0:
+        return k0, torch.zeros(0, dtype=torch.bool, device=k0.device)
+    r = torch.arange(-opts.radius, opts.radius + 1, dtype=torch.float32, device=k0.device)
+    offsets = torch.stack(torch.meshgrid(r, r, indexing="xy"), dim=-1).reshape(-1, 2)  # (P, 2)
+    w = torch.exp(-(offsets**2).sum(-1) / (2.0 * (opts.radius / 1.5) ** 2))
+    w = w / w.sum()
+    template = _sample(s1, k1.float(), offsets)  # (3, M, P): image1 patch and its gradients
+    t, std_t = _normalize(template[0], w)
+    gx, gy = template[1] / std_t, template[2] / std_t  # gradients of the normalized patch
+    if opts.affine:  # d/d(a11, a12, tx, a21, a22, ty) of the warped patch at the identity
+        ox, oy = offsets[:, 0], offsets[:, 1]
+        J = torch.stack([gx * ox, gx * oy, gx, gy * ox, gy * oy, gy], dim=-1)
+    else:
+        J = torch.stack([gx, gy], dim=-1)  # (M, P, n)
+    JW = J * w[None, :, None]
+    n = J.shape[-1]
+    hessian = JW.transpose(1, 2) @ J + 1e-9 * torch.eye(n, device=k0.device)  # (M, n, n)
+    step_matrix = torch.linalg.solve(hessian, JW.transpose(1, 2))  # (M, n, P)
+    p = k0.clone()
+    A = torch.eye(2, device=k0.device).expand(len(k0), 2, 2).clone()  # image0 offsets per template offset
+    for _ in range(opts.iterations):
+        warped, _ = _normalize(_sample_warped(s0[:1], p, A, offsets), w)
+        delta = (step_matrix @ (warped - t)[..., None])[..., 0]  # (M, n)
+        # inverse compositional: the template moved by delta, so the warp composes with its inverse
+        if opts.affine:
+            D = torch.eye(2, device=k0.device) + delta[:, [0, 1, 3, 4]].reshape(-1, 2, 2)
+            A = A @ torch.linalg.inv(D)
+            p = p - (A @ delta[:, [2, 5], None])[..., 0]
+        else:
+            p = p - (A @ delta[..., None])[..., 0]
+    warped, _ = _normalize(_sample_warped(s0[:1], p, A, offsets), w)
+    ncc = (warped * t * w).sum(1)
+    ok = ((p - k0).norm(dim=1) < opts.max_shift) & (ncc >= opts.min_ncc) & torch.isfinite(p).all(1)
+    return torch.where(ok[:, None], p, k0), ok
