@@ -185,8 +185,61 @@ def test_unsupported_images_are_dropped_from_the_chosen_model(scene, tmp_path, m
     assert kept["registered"] == 5 and kept["dropped_images"] == [] and kept["unsupported_images"] == ["img_001.png"]
 
 
+def _with_a_wrong_pair(scene, tmp_path) -> Path:
+    """A copy of the scene's database whose pair img_000-img_002 holds 200 random "verified" inliers."""
+    db_path = tmp_path / "database.db"
+    db_path.write_bytes((scene / "database.db").read_bytes())
+    rng = np.random.default_rng(0)
+    with pycolmap.Database.open(str(db_path)) as db:
+        ids = {im.name: im.image_id for im in db.read_all_images()}
+        a, b = ids["img_000.png"], ids["img_002.png"]
+        na, nb = len(db.read_keypoints(a)), len(db.read_keypoints(b))
+        tvg = db.read_two_view_geometry(a, b)
+        tvg.inlier_matches = np.stack([rng.choice(na, 200, replace=False), rng.choice(nb, 200, replace=False)], 1)
+        db.update_two_view_geometry(a, b, tvg)
+    return db_path
+
+
+def test_second_pass_maps_again_without_the_contradicted_pairs(scene, tmp_path, monkeypatch):
+    db_path = _with_a_wrong_pair(scene, tmp_path)
+    sound = _gt_model_without_points_of(scene, set())
+    agreement = epipolar_agreement(sound, db_path)
+    assert reconstruction.contradicted_pairs(agreement) == [("img_000.png", "img_002.png")]
+    assert reconstruction.contradicted_pairs(agreement, exclude={"img_002.png"}) == []
+    calls = []
+
+    def fake_map(db, images, work, mapper, seed, cfg):
+        with pycolmap.Database.open(str(db)) as d:
+            ids = {im.name: im.image_id for im in d.read_all_images()}
+            calls.append((mapper, d.exists_two_view_geometry(ids["img_000.png"], ids["img_002.png"])))
+        return (sound if calls[-1][1] else second), 1  # the pruned database gives the `second` model
+
+    second = _gt_model_without_points_of(scene, set())
+    monkeypatch.setattr(reconstruction, "_map_once", fake_map)
+    cfg = MappingConfig(mapper="incremental", retry_seeds=0)
+    best, attempts = map_database(db_path, scene / "images", cfg, num_images=5)
+    assert calls == [("incremental", True), ("global", False)]  # the second pass runs without the wrong pair
+    assert best is second and attempts[-1]["chosen"] and not attempts[0]["chosen"]
+    assert attempts[-1]["pruned_pairs"] == 1 and attempts[-1]["supported"] == 5
+    with pycolmap.Database.open(str(db_path)) as d:  # the stage's own database is untouched
+        assert d.num_verified_image_pairs() == 10
+
+    # a second pass that supports fewer images is not taken
+    calls.clear()
+    second = _gt_model_without_points_of(scene, {"img_003.png"})
+    best, attempts = map_database(db_path, scene / "images", cfg, num_images=5)
+    assert best is sound and attempts[0]["chosen"] and attempts[-1]["supported"] == 4 and not attempts[-1]["chosen"]
+    # off, or nothing to prune: one pass
+    calls.clear()
+    map_database(db_path, scene / "images", MappingConfig(retry_seeds=0, second_pass="none"), num_images=5)
+    map_database(scene / "database.db", scene / "images", cfg, num_images=5)
+    assert [c[0] for c in calls] == ["incremental", "incremental"]
+
+
 def test_errors(tmp_path):
     with pytest.raises(InputError, match="database"):
         run_mapping(tmp_path, tmp_path)
     with pytest.raises(ValueError, match="mapper"):
         run_mapping(tmp_path, tmp_path, {"mapper": "hierarchical"})
+    with pytest.raises(ValueError, match="second_pass"):
+        run_mapping(tmp_path, tmp_path, {"second_pass": "twice"})
