@@ -236,6 +236,37 @@ def test_second_pass_maps_again_without_the_contradicted_pairs(scene, tmp_path, 
     assert [c[0] for c in calls] == ["incremental", "incremental"]
 
 
+def test_calibrate_from_model_writes_refined_cameras_as_priors(scene, tmp_path):
+    from types import SimpleNamespace
+
+    db_path = tmp_path / "database.db"
+    db_path.write_bytes((scene / "database.db").read_bytes())
+    with pycolmap.Database.open(str(db_path)) as db:
+        images = {im.name: im for im in db.read_all_images()}
+        cams = {im.name: db.read_camera(im.camera_id) for im in images.values()}
+    before = {n: np.array(c.params) for n, c in cams.items()}
+    # the model a first pass refined: same camera models and sizes, other parameters; img_004's camera
+    # is of another model (not applicable) and img_003 is not registered
+    refined = {}
+    for n, c in cams.items():
+        c.params = np.array(c.params) * 1.01
+        refined[n] = c
+    refined["img_004.png"] = pycolmap.Camera.create_from_model_name(0, "PINHOLE", 300.0, 320, 240)
+    rec = SimpleNamespace(
+        images={i: SimpleNamespace(name=n, has_pose=n != "img_003.png", camera_id=i) for i, n in enumerate(sorted(cams))},
+        cameras={i: refined[n] for i, n in enumerate(sorted(cams))},
+    )
+    assert reconstruction.calibrate_from_model(db_path, rec) == 3
+    with pycolmap.Database.open(str(db_path)) as db:
+        for name, im in images.items():
+            cam = db.read_camera(im.camera_id)
+            if name in ("img_003.png", "img_004.png"):
+                np.testing.assert_allclose(cam.params, before[name])
+            else:
+                np.testing.assert_allclose(cam.params, before[name] * 1.01)
+                assert cam.has_prior_focal_length
+
+
 def test_errors(tmp_path):
     with pytest.raises(InputError, match="database"):
         run_mapping(tmp_path, tmp_path)
