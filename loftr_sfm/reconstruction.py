@@ -665,7 +665,6 @@ def triangulate_from_poses(
 
 
 __all__ = ["MappingConfig", "MAPPERS", "run_mapping", "load_model", "map_database", "model_stats",
-           "unsupported_images", "drop_images", "Agreement", "epipolar_agreement", "contradicted_pairs", "prune_pairs",
-           "calibrate_from_model",
-           "write_model",
-           "triangulate_from_poses", "record_stage_time", "read_stage_times"]
+           "unsupported_images", "drop_images", "Agreement", "epipolar_agreement", "contradicted_pairs",
+           "prune_pairs", "calibrate_from_model", "write_model", "triangulate_from_poses", "record_stage_time",
+           "read_stage_times"]
