@@ -469,8 +469,8 @@ def _second_pass(db_path: Path, images: Path, tmpdir: Path, cfg: MappingConfig, 
     logger.info("mapping second pass (%s without %d contradicted pairs): %d models, %d/%d images registered, "
                 "%d supported", cfg.second_pass, n_pruned, n_models, reg, num_images, key[0])
     if rec is None or key[0] < best_key[0]:
-        logger.warning("mapping: the second pass supports fewer images (%d < %d), keeping the first model",
-                       key[0], best_key[0])
+        logger.info("mapping: the second pass supports fewer images (%d < %d), keeping the first model",
+                    key[0], best_key[0])
         return best
     for a in attempts:
         a["chosen"] = a is attempt
