@@ -22,7 +22,7 @@ correlate after it (``refine_min_ncc``; 24 % on castle-P30, 27 % on fox) keep th
 point, or are dropped with ``drop_unrefined``. On castle-P30 (142 pairs < 60 deg, 1024 px) the
 median Sampson error against GT falls from 0.98 to 0.23 px (original 3072-px pixels; 0.12 px
 over the refined matches; SIFT: 0.19 px) and the two-view pose AUC@5 rises from 0.648 to 0.810
-(0.845 dropping the unrefined; SIFT: 0.822), for ~0.06 s per pair on 2 CPU cores (matching:
+(0.845 dropping the unrefined; SIFT: 0.822), for ~0.06-0.1 s per pair on 2 CPU cores (matching:
 ~0.28 s). Dropping is not the default: weak pairs lose most of their matches (fox, sequential
 pairs: the 10th percentile of matches per pair falls from 199 to 65, and the incremental mapper
 registers 37 of 67 images instead of 67).
