@@ -79,3 +79,18 @@ def test_flat_patches_are_not_refined_and_inputs_can_be_precomputed():
     assert np.median(err[ok.numpy()]) < 0.08
     empty, none = refine_matches(s0, s1, torch.zeros(0, 2), torch.zeros(0, 2))
     assert empty.shape == (0, 2) and none.shape == (0,)
+
+
+def test_degenerate_patches_do_not_raise():
+    """Constant images and straight edges (rank-deficient systems) are reported as not refined."""
+    flat = torch.full((60, 80), 0.3)
+    edge = torch.zeros(60, 80)
+    edge[:, 40:] = 1.0  # a vertical edge: no information along y
+    pts = torch.tensor([[20.0, 30.0], [40.0, 30.0], [39.5, 20.0]])
+    for img in (flat, edge):
+        for affine in (True, False):
+            k0, ok = refine_matches(img, img, pts + 0.3, pts, RefineOptions(affine=affine))
+            assert torch.isfinite(k0).all()
+            np.testing.assert_array_equal(k0.numpy()[~ok.numpy()], (pts + 0.3).numpy()[~ok.numpy()])
+    _, ok = refine_matches(flat, flat, pts + 0.3, pts)
+    assert not ok.any()
