@@ -46,20 +46,15 @@ def image_gradients(image: torch.Tensor) -> torch.Tensor:
     return torch.cat([img, gx, gy], dim=1)[0]
 
 
-def _sample(stack: torch.Tensor, points: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of a (C, H, W) stack at ``points`` (M, 2) + ``offsets`` (P, 2) -> (C, M, P)."""
+def _sample(stack: torch.Tensor, points: torch.Tensor, offsets: torch.Tensor, A: torch.Tensor | None = None) -> torch.Tensor:
+    """Bilinear samples of a (C, H, W) stack at ``points`` (M, 2) + ``A`` (M, 2, 2) @ ``offsets`` (P, 2) -> (C, M, P).
+
+    ``A`` None: the offsets as they are (an unwarped square patch).
+    """
     H, W = stack.shape[-2:]
-    q = points[:, None, :] + offsets[None]
+    q = points[:, None, :] + (offsets[None] if A is None else offsets[None] @ A.transpose(1, 2))
     grid = torch.stack([(q[..., 0] + 0.5) * (2.0 / W) - 1.0, (q[..., 1] + 0.5) * (2.0 / H) - 1.0], dim=-1)
     return F.grid_sample(stack[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)[0]
-
-
-def _sample_warped(image: torch.Tensor, points: torch.Tensor, A: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Samples of a (1, H, W) image at ``points`` (M, 2) + ``A`` (M, 2, 2) @ ``offsets`` (P, 2) -> (M, P)."""
-    H, W = image.shape[-2:]
-    q = points[:, None, :] + offsets[None] @ A.transpose(1, 2)
-    grid = torch.stack([(q[..., 0] + 0.5) * (2.0 / W) - 1.0, (q[..., 1] + 0.5) * (2.0 / H) - 1.0], dim=-1)
-    return F.grid_sample(image[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
 
 
 def _normalize(patches: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +107,7 @@ def refine_matches(
     p = k0.clone()
     A = torch.eye(2, device=k0.device).expand(len(k0), 2, 2).clone()  # image0 offsets per template offset
     for _ in range(opts.iterations):
-        warped, _ = _normalize(_sample_warped(s0[:1], p, A, offsets), w)
+        warped, _ = _normalize(_sample(s0[:1], p, offsets, A)[0], w)
         delta = (step_matrix @ (warped - t)[..., None])[..., 0]  # (M, n)
         # inverse compositional: the template moved by delta, so the warp composes with its inverse
         if opts.affine:
@@ -122,7 +117,7 @@ def refine_matches(
             p = p - (A @ delta[:, [2, 5], None])[..., 0]
         else:
             p = p - (A @ delta[..., None])[..., 0]
-    warped, _ = _normalize(_sample_warped(s0[:1], p, A, offsets), w)
+    warped, _ = _normalize(_sample(s0[:1], p, offsets, A)[0], w)
     ncc = (warped * t * w).sum(1)
     ok = ((p - k0).norm(dim=1) < opts.max_shift) & (ncc >= opts.min_ncc) & torch.isfinite(p).all(1)
     return torch.where(ok[:, None], p, k0), ok
