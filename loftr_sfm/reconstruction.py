@@ -399,44 +399,53 @@ def _map_once(db_path: Path, images: Path, work: Path, mapper: str, seed: int, c
     return best, len(recs)
 
 
+def _attempt(map_db: Path, images: Path, work: Path, mapper: str, seed: int, cfg: MappingConfig, db_path: Path):
+    """One mapper run on ``map_db``, judged on ``db_path``: (model or None, attempt record, agreement or None)."""
+    t0 = time.perf_counter()
+    rec, n_models = _map_once(map_db, images, work, mapper, seed, cfg)
+    reg = rec.num_reg_images() if rec is not None else 0
+    weak, agreement = _unsupported(rec, db_path, cfg) if rec is not None else ([], None)
+    attempt = {"mapper": mapper, "seed": seed, "models": n_models, "registered": reg, "supported": reg - len(weak),
+               "points": rec.num_points3D() if rec is not None else 0, "unsupported_images": weak,
+               "seconds": round(time.perf_counter() - t0, 3)}
+    return rec, attempt, agreement
+
+
+def _rank(attempt: dict) -> tuple[int, int]:
+    """Attempts compare by supported images, then points."""
+    return attempt["supported"], attempt["points"]
+
+
 def map_database(db_path: Path, images: Path, cfg: MappingConfig, num_images: int):
     """Run the mapper with the retry / fallback policy. Returns (best model or None, attempts)."""
     order = [(cfg.mapper, cfg.seed)] + [(cfg.mapper, cfg.seed + k + 1) for k in range(cfg.retry_seeds)]
     if cfg.fallback:
         other = "global" if cfg.mapper == "incremental" else "incremental"
         order.append((other, cfg.seed))
-    best, best_key, attempts = None, (-1, -1), []
-    best_agreement: Agreement | None = None
-    best_weak: list[str] = []
+    best, best_attempt, best_agreement, attempts = None, None, None, []
     with tempfile.TemporaryDirectory(prefix="loftr_sfm_map_") as tmpdir:
         for k, (mapper, seed) in enumerate(order):
-            t0 = time.perf_counter()
-            rec, n_models = _map_once(db_path, images, Path(tmpdir) / str(k), mapper, seed, cfg)
-            reg = rec.num_reg_images() if rec is not None else 0
-            weak, agreement = _unsupported(rec, db_path, cfg) if rec is not None else ([], None)
-            key = (reg - len(weak), rec.num_points3D() if rec is not None else 0)
-            attempts.append({"mapper": mapper, "seed": seed, "models": n_models, "registered": reg,
-                             "supported": key[0], "points": key[1], "unsupported_images": weak,
-                             "seconds": round(time.perf_counter() - t0, 3)})
+            rec, attempt, agreement = _attempt(db_path, images, Path(tmpdir) / str(k), mapper, seed, cfg, db_path)
+            attempts.append(attempt)
             logger.info("mapping attempt %d (%s, seed %d): %d models, %d/%d images registered, %d supported",
-                        k + 1, mapper, seed, n_models, reg, num_images, key[0])
-            if rec is not None and key > best_key:
-                best, best_key, best_agreement, best_weak = rec, key, agreement, weak
+                        k + 1, mapper, seed, attempt["models"], attempt["registered"], num_images, attempt["supported"])
+            if rec is not None and (best_attempt is None or _rank(attempt) > _rank(best_attempt)):
+                best, best_attempt, best_agreement = rec, attempt, agreement
                 for a in attempts:
-                    a["chosen"] = a is attempts[-1]
-            if best is not None and best_key[0] >= cfg.min_coverage * num_images:
+                    a["chosen"] = a is attempt
+            if best is not None and best_attempt["supported"] >= cfg.min_coverage * num_images:
                 break
             if k + 1 < len(order):
                 logger.warning("mapping: low coverage (%d/%d images registered and supported by the model), "
-                               "retrying with %s seed %d", key[0], num_images, *order[k + 1])
+                               "retrying with %s seed %d", attempt["supported"], num_images, *order[k + 1])
         if best is not None and best_agreement is not None and cfg.second_pass != "none":
-            best = _second_pass(db_path, images, Path(tmpdir), cfg, best, best_key, best_agreement, best_weak,
-                                attempts, num_images)
+            best = _second_pass(db_path, images, Path(tmpdir), cfg, best, best_attempt, best_agreement, attempts,
+                                num_images)
     return best, attempts
 
 
-def _second_pass(db_path: Path, images: Path, tmpdir: Path, cfg: MappingConfig, best, best_key, agreement: Agreement,
-                 weak: list[str], attempts: list[dict], num_images: int):
+def _second_pass(db_path: Path, images: Path, tmpdir: Path, cfg: MappingConfig, best, best_attempt: dict,
+                 agreement: Agreement, attempts: list[dict], num_images: int):
     """Map again (``cfg.second_pass``) without the verified pairs that the chosen model contradicts.
 
     Wrong but verified pairs (repeated facades, opposite views of a symmetric courtyard) survive
@@ -448,7 +457,7 @@ def _second_pass(db_path: Path, images: Path, tmpdir: Path, cfg: MappingConfig, 
     replaces the chosen one only if it leaves no fewer images supported (judged on the full database).
     Cameras whose intrinsics are refined start from the first model's values (:func:`calibrate_from_model`).
     """
-    bad = contradicted_pairs(agreement, cfg.min_pair_agreement, exclude=set(weak))
+    bad = contradicted_pairs(agreement, cfg.min_pair_agreement, exclude=set(best_attempt["unsupported_images"]))
     if not bad:
         logger.info("mapping: the model contradicts no verified pair, no second pass")
         return best
@@ -457,20 +466,15 @@ def _second_pass(db_path: Path, images: Path, tmpdir: Path, cfg: MappingConfig, 
     n_pruned = prune_pairs(pruned, bad)
     if cfg.refine_focal_length or cfg.refine_principal_point or cfg.refine_extra_params:
         calibrate_from_model(pruned, best)
-    t0 = time.perf_counter()
-    rec, n_models = _map_once(pruned, images, tmpdir / "second", cfg.second_pass, cfg.seed, cfg)
-    reg = rec.num_reg_images() if rec is not None else 0
-    rec_weak, _ = _unsupported(rec, db_path, cfg) if rec is not None else ([], None)
-    key = (reg - len(rec_weak), rec.num_points3D() if rec is not None else 0)
-    attempt = {"mapper": cfg.second_pass, "seed": cfg.seed, "models": n_models, "registered": reg,
-               "supported": key[0], "points": key[1], "unsupported_images": rec_weak,
-               "seconds": round(time.perf_counter() - t0, 3), "pruned_pairs": n_pruned, "chosen": False}
+    rec, attempt, _ = _attempt(pruned, images, tmpdir / "second", cfg.second_pass, cfg.seed, cfg, db_path)
+    attempt.update(pruned_pairs=n_pruned, chosen=False)
     attempts.append(attempt)
     logger.info("mapping second pass (%s without %d contradicted pairs): %d models, %d/%d images registered, "
-                "%d supported", cfg.second_pass, n_pruned, n_models, reg, num_images, key[0])
-    if rec is None or key[0] < best_key[0]:
+                "%d supported", cfg.second_pass, n_pruned, attempt["models"], attempt["registered"], num_images,
+                attempt["supported"])
+    if rec is None or attempt["supported"] < best_attempt["supported"]:
         logger.info("mapping: the second pass supports fewer images (%d < %d), keeping the first model",
-                    key[0], best_key[0])
+                    attempt["supported"], best_attempt["supported"])
         return best
     for a in attempts:
         a["chosen"] = a is attempt
