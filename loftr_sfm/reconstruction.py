@@ -38,6 +38,12 @@ its model replaces the first if it supports no fewer images. Wrong but verified 
 limits accuracy on scenes with repeated structure (castle-P30, GT intrinsics: median rotation
 error 0.289 -> 0.059 deg with XFeat*, 0.170 -> 0.041 deg with SIFT), and what breaks the global
 mapper when it runs first (castle-P30, XFeat*: 16 of 30 images supported).
+
+Track refinement (``refine_tracks``, default ``auto``: on for semi-dense matches, off when
+matches.h5 says ``sift``): the chosen model's observations are moved photometrically onto one
+reference view per track, the model is bundle-adjusted and filtered at 1 px
+(:mod:`loftr_sfm.track_refinement`); if that leaves an image with fewer points than
+``min_image_points`` (and than before), the unrefined model is kept.
 """
 
 from __future__ import annotations
@@ -79,6 +85,8 @@ class MappingConfig:
     drop_unsupported: bool = True  # remove the chosen model's unsupported images (unreliable poses) from it
     agreement_max_error: float = 4.0  # px, Sampson distance under which an inlier agrees with the model
     second_pass: str = "global"  # none | global | incremental: map again without the pairs the model contradicts
+    refine_tracks: str = "auto"  # auto | on | off: multi-view track refinement (auto: off for sift matches)
+    track_refinement: str | None = None  # TrackRefinementConfig options: 'key=value,key=value' or a JSON object
     num_threads: int = -1
     refine_focal_length: bool = True
     refine_principal_point: bool = False
@@ -481,6 +489,45 @@ def _second_pass(db_path: Path, images: Path, tmpdir: Path, cfg: MappingConfig, 
     return rec
 
 
+def _track_refinement_wanted(cfg: MappingConfig, output: Path) -> bool:
+    """``refine_tracks``: on / off, or auto = on unless the matches come from a detector (sift)."""
+    if cfg.refine_tracks != "auto":
+        return cfg.refine_tracks == "on"
+    import h5py
+
+    try:
+        with h5py.File(output / "matches.h5", "r") as f:
+            matcher = f.attrs.get("matcher")
+    except OSError:
+        matcher = None
+    matcher = matcher.decode() if isinstance(matcher, bytes) else matcher
+    return matcher != "sift"
+
+
+def refine_model_tracks(rec, images: Path, cfg: MappingConfig):
+    """:func:`loftr_sfm.track_refinement.refine_tracks` on a copy of ``rec``; (model, statistics).
+
+    The refined model is returned unless it leaves a registered image with fewer 3D points than
+    ``cfg.min_image_points`` (and than before), in which case ``rec`` itself is (``reverted``).
+    """
+    import pycolmap
+
+    from .matchers import parse_options
+    from .track_refinement import refine_tracks
+
+    refined = pycolmap.Reconstruction(rec)
+    stats = refine_tracks(refined, images, parse_options(cfg.track_refinement), cfg.refine_focal_length,
+                          cfg.refine_principal_point, cfg.refine_extra_params, cfg.num_threads)
+    lost = [rec.image(i).name for i in rec.reg_image_ids()
+            if refined.image(i).num_points3D < min(cfg.min_image_points, rec.image(i).num_points3D)]
+    stats["reverted"] = bool(lost)
+    if lost:
+        logger.warning("track refinement left %d image(s) with fewer than %d points (%s): keeping the unrefined "
+                       "model", len(lost), cfg.min_image_points, ", ".join(lost[:5]))
+        return rec, stats
+    return refined, stats
+
+
 def drop_images(rec, names) -> None:
     """De-register the images ``names`` of ``rec`` (their observations go; points keep >= 2 views)."""
     names = set(names)
@@ -527,6 +574,13 @@ def run_mapping(
         record_stage_time(output, stage, seconds)
     if cfg.mapper not in MAPPERS:
         raise ValueError(f"unknown mapper {cfg.mapper!r}; choose one of {MAPPERS}")
+    if cfg.refine_tracks not in ("auto", "on", "off"):
+        raise ValueError(f"unknown refine_tracks {cfg.refine_tracks!r}; choose one of ('auto', 'on', 'off')")
+    from .track_refinement import TrackRefinementConfig
+
+    from .matchers import parse_options
+
+    merge_config(TrackRefinementConfig, parse_options(cfg.track_refinement))  # typos fail now, not after mapping
     if cfg.second_pass not in ("none", *MAPPERS):
         raise ValueError(f"unknown second_pass {cfg.second_pass!r}; choose one of {('none', *MAPPERS)}")
     _quiet(cfg.verbose)
@@ -560,9 +614,14 @@ def run_mapping(
                            ": removed from the model" if cfg.drop_unsupported else "", ", ".join(weak[:10]))
             if cfg.drop_unsupported:
                 drop_images(rec, weak)
-        if rec is not None:
-            write_model(rec, output)
     record_stage_time(output, "mapping", t.seconds)
+    track_stats = None
+    if rec is not None and _track_refinement_wanted(cfg, output):
+        with Timer() as tt:
+            rec, track_stats = refine_model_tracks(rec, images, cfg)
+        record_stage_time(output, "track_refinement", tt.seconds)
+    if rec is not None:
+        write_model(rec, output)
     stats = model_stats(rec) if rec is not None else {"registered": 0, "points": 0, "observations": 0,
                                                       "mean_track_length": 0.0, "duplicate_observations": 0,
                                                       "mean_reprojection_error": 0.0}
@@ -574,6 +633,7 @@ def run_mapping(
         "registered_fraction": stats["registered"] / max(num_images, 1),
         "mapper": cfg.mapper,
         "attempts": attempts,
+        "track_refinement": track_stats,
         "times": read_stage_times(output),
         "config": {**asdict(cfg), "overwrite": False, "verbose": False},
         "database_mtime_ns": db_path.stat().st_mtime_ns,

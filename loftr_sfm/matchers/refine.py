@@ -64,6 +64,89 @@ def _normalize(patches: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, to
     return (patches - mean) / std, std
 
 
+@dataclass
+class Templates:
+    """Patches that other patches are aligned to, with what inverse-compositional Gauss-Newton needs.
+
+    ``t`` (M, P): zero-mean, unit-variance template patches; ``step`` (M, n, P): the matrix that
+    maps a residual patch to a parameter step (n = 6 affine, 2 translation).
+    """
+
+    t: torch.Tensor
+    step: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def __getitem__(self, index) -> "Templates":
+        return Templates(self.t[index], self.step[index])
+
+
+def _offsets_and_window(opts: RefineOptions, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch offsets (P, 2) and the normalized Gaussian window (P,)."""
+    r = torch.arange(-opts.radius, opts.radius + 1, dtype=torch.float32, device=device)
+    offsets = torch.stack(torch.meshgrid(r, r, indexing="xy"), dim=-1).reshape(-1, 2)
+    w = torch.exp(-(offsets**2).sum(-1) / (2.0 * (opts.radius / 1.5) ** 2))
+    return offsets, w / w.sum()
+
+
+def make_templates(stack: torch.Tensor, points: torch.Tensor, options: RefineOptions | None = None) -> Templates:
+    """Templates around ``points`` (M, 2) of a (3, H, W) :func:`image_gradients` stack."""
+    opts = options or RefineOptions()
+    offsets, w = _offsets_and_window(opts, points.device)
+    template = _sample(stack, points.float(), offsets)  # (3, M, P): the patch and its gradients
+    t, std_t = _normalize(template[0], w)
+    gx, gy = template[1] / std_t, template[2] / std_t  # gradients of the normalized patch
+    if opts.affine:  # d/d(a11, a12, tx, a21, a22, ty) of the warped patch at the identity
+        ox, oy = offsets[:, 0], offsets[:, 1]
+        J = torch.stack([gx * ox, gx * oy, gx, gy * ox, gy * oy, gy], dim=-1)
+    else:
+        J = torch.stack([gx, gy], dim=-1)  # (M, P, n)
+    JW = J * w[None, :, None]
+    n = J.shape[-1]
+    eye = torch.eye(n, device=points.device)
+    hessian = JW.transpose(1, 2) @ J  # (M, n, n), damped so that flat or edge-only patches stay solvable
+    hessian = hessian + (1e-6 * hessian.diagonal(dim1=1, dim2=2).sum(-1) / n + 1e-9)[:, None, None] * eye
+    step, _ = torch.linalg.solve_ex(hessian, JW.transpose(1, 2))  # (M, n, P)
+    return Templates(t, step)
+
+
+def align(
+    stack: torch.Tensor, points: torch.Tensor, templates: Templates, options: RefineOptions | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Move ``points`` (M, 2) of an image so that their patches match ``templates`` (M of them).
+
+    Args:
+        stack: (3, H, W) :func:`image_gradients` of the image the points are in (only channel 0 is read).
+    Returns:
+        the moved points (M, 2) (unchanged where not refined), ``refined`` (M,) bool and the final
+        normalized cross-correlation (M,).
+    """
+    opts = options or RefineOptions()
+    k0 = points.float()
+    if len(k0) == 0:
+        return k0, torch.zeros(0, dtype=torch.bool, device=k0.device), torch.zeros(0, device=k0.device)
+    offsets, w = _offsets_and_window(opts, k0.device)
+    t = templates.t
+    p = k0.clone()
+    A = torch.eye(2, device=k0.device).expand(len(k0), 2, 2).clone()  # image offsets per template offset
+    for _ in range(opts.iterations):
+        warped, _ = _normalize(_sample(stack[:1], p, offsets, A)[0], w)
+        delta = (templates.step @ (warped - t)[..., None])[..., 0]  # (M, n)
+        # inverse compositional: the template moved by delta, so the warp composes with its inverse
+        if opts.affine:
+            D = torch.eye(2, device=k0.device) + delta[:, [0, 1, 3, 4]].reshape(-1, 2, 2)
+            D_inv, _ = torch.linalg.inv_ex(D)  # a singular step gives non-finite points: not refined
+            A = A @ D_inv
+            p = p - (A @ delta[:, [2, 5], None])[..., 0]
+        else:
+            p = p - (A @ delta[..., None])[..., 0]
+    warped, _ = _normalize(_sample(stack[:1], p, offsets, A)[0], w)
+    ncc = (warped * t * w).sum(1)
+    ok = ((p - k0).norm(dim=1) < opts.max_shift) & (ncc >= opts.min_ncc) & torch.isfinite(p).all(1)
+    return torch.where(ok[:, None], p, k0), ok, ncc
+
+
 def refine_matches(
     image0: torch.Tensor,
     image1: torch.Tensor,
@@ -83,41 +166,7 @@ def refine_matches(
     opts = options or RefineOptions()
     s0 = image0 if image0.dim() == 3 and image0.shape[0] == 3 else image_gradients(image0)
     s1 = image1 if image1.dim() == 3 and image1.shape[0] == 3 else image_gradients(image1)
-    k0 = k0.float()
     if len(k0) == 0:
-        return k0, torch.zeros(0, dtype=torch.bool, device=k0.device)
-    r = torch.arange(-opts.radius, opts.radius + 1, dtype=torch.float32, device=k0.device)
-    offsets = torch.stack(torch.meshgrid(r, r, indexing="xy"), dim=-1).reshape(-1, 2)  # (P, 2)
-    w = torch.exp(-(offsets**2).sum(-1) / (2.0 * (opts.radius / 1.5) ** 2))
-    w = w / w.sum()
-    template = _sample(s1, k1.float(), offsets)  # (3, M, P): image1 patch and its gradients
-    t, std_t = _normalize(template[0], w)
-    gx, gy = template[1] / std_t, template[2] / std_t  # gradients of the normalized patch
-    if opts.affine:  # d/d(a11, a12, tx, a21, a22, ty) of the warped patch at the identity
-        ox, oy = offsets[:, 0], offsets[:, 1]
-        J = torch.stack([gx * ox, gx * oy, gx, gy * ox, gy * oy, gy], dim=-1)
-    else:
-        J = torch.stack([gx, gy], dim=-1)  # (M, P, n)
-    JW = J * w[None, :, None]
-    n = J.shape[-1]
-    eye = torch.eye(n, device=k0.device)
-    hessian = JW.transpose(1, 2) @ J  # (M, n, n), damped so that flat or edge-only patches stay solvable
-    hessian = hessian + (1e-6 * hessian.diagonal(dim1=1, dim2=2).sum(-1) / n + 1e-9)[:, None, None] * eye
-    step_matrix, _ = torch.linalg.solve_ex(hessian, JW.transpose(1, 2))  # (M, n, P)
-    p = k0.clone()
-    A = torch.eye(2, device=k0.device).expand(len(k0), 2, 2).clone()  # image0 offsets per template offset
-    for _ in range(opts.iterations):
-        warped, _ = _normalize(_sample(s0[:1], p, offsets, A)[0], w)
-        delta = (step_matrix @ (warped - t)[..., None])[..., 0]  # (M, n)
-        # inverse compositional: the template moved by delta, so the warp composes with its inverse
-        if opts.affine:
-            D = torch.eye(2, device=k0.device) + delta[:, [0, 1, 3, 4]].reshape(-1, 2, 2)
-            D_inv, _ = torch.linalg.inv_ex(D)  # a singular step gives non-finite points: not refined
-            A = A @ D_inv
-            p = p - (A @ delta[:, [2, 5], None])[..., 0]
-        else:
-            p = p - (A @ delta[..., None])[..., 0]
-    warped, _ = _normalize(_sample(s0[:1], p, offsets, A)[0], w)
-    ncc = (warped * t * w).sum(1)
-    ok = ((p - k0).norm(dim=1) < opts.max_shift) & (ncc >= opts.min_ncc) & torch.isfinite(p).all(1)
-    return torch.where(ok[:, None], p, k0), ok
+        return k0.float(), torch.zeros(0, dtype=torch.bool, device=k0.device)
+    k0_refined, ok, _ = align(s0, k0, make_templates(s1, k1, opts), opts)
+    return k0_refined, ok

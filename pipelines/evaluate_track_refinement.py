@@ -1,0 +1,98 @@
+"""What track refinement does to the models of a reconstruction grid, against GT.
+
+For every model that ``pipelines/evaluate_scenes.py`` left in ``--work``
+(``<scene>/<matcher>/<pairs>[_gtK]/<mapper>/model``), applies the mapping stage's own track
+refinement (:func:`loftr_sfm.reconstruction.refine_model_tracks`, with the mapping options that
+model was built with) to a copy and prints one row: the model as mapped without refinement, and
+after it (rotation / position errors after Sim(3), relative-pose AUC, reprojection error, points,
+seconds). Mapping is deterministic, so the refined row is what the mapping stage gives with
+``refine_tracks=on``; this avoids re-running the mappers (minutes per model) for an ablation.
+Pass ``--options`` (``key=value,...``) to try other :class:`TrackRefinementConfig` settings.
+
+Usage:
+    python pipelines/evaluate_track_refinement.py --work outputs/eval_refined --scenes castle-P30 \
+        --matchers xfeat-star sift --table outputs/track_refinement.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO))
+
+from loftr_sfm.evaluation import EvaluationConfig, evaluate_reconstruction  # noqa: E402
+from loftr_sfm.reconstruction import MappingConfig, load_model, refine_model_tracks  # noqa: E402
+from loftr_sfm.utils import merge_config  # noqa: E402
+
+COLUMNS = ["scene", "matcher", "pairs", "intrinsics", "mapper", "refined", "registered", "rot_med_deg",
+           "rot_max_deg", "pos_med", "AUC@1", "AUC@2", "AUC@5", "points", "reproj_px", "seconds"]
+
+
+def fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) >= 0.01 or v == 0 else f"{v:.2g}"
+    return str(v)
+
+
+def evaluate(rec, scene: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        rec.write_binary(tmp)
+        return evaluate_reconstruction(tmp, DATA / scene / "gt", EvaluationConfig()).row()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("outputs/eval"))
+    ap.add_argument("--scenes", nargs="+", default=["herzjesu-P8", "castle-P30", "fox"])
+    ap.add_argument("--matchers", nargs="+", default=["xfeat-star", "sift"])
+    ap.add_argument("--mappers", nargs="+", default=["incremental", "global"])
+    ap.add_argument("--options", default=None, help="TrackRefinementConfig options, 'key=value,key=value'")
+    ap.add_argument("--table", type=Path, default=None, help="write the markdown table here too")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
+    if not DATA.is_dir():
+        print(f"error: {DATA} not found", file=sys.stderr)
+        return 2
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    print("\n".join(lines), flush=True)
+    for scene in args.scenes:
+        for matcher in args.matchers:
+            for mdir in sorted((args.work / scene / matcher).glob("*/*/model")):
+                cell, mapper = mdir.parent.parent.name, mdir.parent.name
+                if mapper not in args.mappers or not (mdir.parent / "summary.json").is_file():
+                    continue
+                summary = json.loads((mdir.parent / "summary.json").read_text())
+                known = {f for f in MappingConfig.__dataclass_fields__}
+                cfg = merge_config(MappingConfig, {k: v for k, v in summary.get("config", {}).items() if k in known},
+                                   track_refinement=args.options)
+                rec = load_model(mdir.parent)
+                base = {"scene": scene, "matcher": matcher, "pairs": cell.removesuffix("_gtK"),
+                        "intrinsics": "gt" if cell.endswith("_gtK") else "estimated", "mapper": mapper}
+                rows = [{**base, "refined": "no", **evaluate(rec, scene), "points": rec.num_points3D(),
+                         "reproj_px": rec.compute_mean_reprojection_error(), "seconds": ""}]
+                t0 = time.perf_counter()
+                refined, stats = refine_model_tracks(rec, DATA / scene / "images", cfg)
+                seconds = time.perf_counter() - t0
+                rows.append({**base, "refined": "reverted" if stats["reverted"] else "yes", **evaluate(refined, scene),
+                             "points": refined.num_points3D(), "reproj_px": refined.compute_mean_reprojection_error(),
+                             "seconds": seconds})
+                for row in rows:
+                    line = "| " + " | ".join(fmt(row.get(c, "")) for c in COLUMNS) + " |"
+                    lines.append(line)
+                    print(line, flush=True)
+                if args.table:
+                    args.table.parent.mkdir(parents=True, exist_ok=True)
+                    args.table.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
