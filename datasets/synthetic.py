@@ -61,6 +61,7 @@ class SceneConfig:
     zero_match_pairs: int = 0  # this many pairs keep their group but have 0 matches
     isolated_images: int = 0  # extra images (rendered) that appear in no pair
     render: bool = True  # write textured images (else flat grey of the right size)
+    antialias: int = 1  # rays per pixel side (1: point-sampled, aliased at grazing views; 3: a camera's area sampling)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -199,11 +200,12 @@ def _textures(rng: np.random.Generator, n: int = 5, size: int = 1024) -> list[np
     return texs
 
 
-def render(cam: Cam, planes: list[dict], texs: list[np.ndarray]) -> np.ndarray:
-    """(h, w, 3) uint8 image of the scene from ``cam``."""
+def render(cam: Cam, planes: list[dict], texs: list[np.ndarray], antialias: int = 1) -> np.ndarray:
+    """(h, w, 3) uint8 image of the scene from ``cam``; ``antialias`` x ``antialias`` rays per pixel, averaged."""
 
-    ys, xs = np.mgrid[0 : cam.h, 0 : cam.w]
-    xy = np.stack([xs.ravel(), ys.ravel()], 1).astype(float)
+    s = max(int(antialias), 1)
+    ys, xs = np.mgrid[0 : cam.h * s, 0 : cam.w * s]
+    xy = (np.stack([xs.ravel(), ys.ravel()], 1).astype(float) + 0.5) / s - 0.5  # sub-pixel ray positions
     t, pid, a, b = raycast(cam.centre, cam.rays(xy), planes)
     img = np.full(len(xy), 0.5, np.float32)
     for k, p in enumerate(planes):
@@ -222,7 +224,8 @@ def render(cam: Cam, planes: list[dict], texs: list[np.ndarray]) -> np.ndarray:
                     + (tex[v1, u0] * (1 - fu[:, 0]) + tex[v1, u1] * fu[:, 0]) * fv[:, 0])
     shade = 0.75 + 0.25 * np.abs(np.stack([p["n"][2] for p in planes] + [0.0])[pid])
     img = img * shade
-    img = np.clip(img * 255, 0, 255).astype(np.uint8).reshape(cam.h, cam.w)
+    img = img.reshape(cam.h, s, cam.w, s).mean(axis=(1, 3)) if s > 1 else img.reshape(cam.h, cam.w)
+    img = np.clip(img * 255, 0, 255).astype(np.uint8)
     return np.repeat(img[..., None], 3, 2)
 
 
@@ -361,7 +364,7 @@ def generate(output: Path, cfg: SceneConfig | None = None) -> dict:
     for c in cams:
         p = output / "images" / c.name
         p.parent.mkdir(parents=True, exist_ok=True)
-        img = render(c, planes, texs) if cfg.render else np.full((c.h, c.w, 3), 128, np.uint8)
+        img = render(c, planes, texs, cfg.antialias) if cfg.render else np.full((c.h, c.w, 3), 128, np.uint8)
         cv2.imwrite(str(p), img[..., ::-1])
     write_gt(cams, output / "gt")
     pairs = make_pairs(cams, cfg)

@@ -44,7 +44,8 @@ def _pipeline(out: Path, mapper: str, **map_kw) -> dict:
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e")
-    synthetic.generate(out, synthetic.SceneConfig(num_images=8, width=400, height=300, focal=330, seed=11))
+    synthetic.generate(out, synthetic.SceneConfig(num_images=8, width=400, height=300, focal=330, seed=11,
+                                                            antialias=3))
     return out
 
 
@@ -52,10 +53,26 @@ def test_incremental_registers_all_with_accurate_rotations(scene):
     s = _pipeline(scene, "incremental")
     assert s["registered"] == 8 == s["num_images"]
     assert s["duplicate_observations"] == 0 and s["mean_track_length"] > 3.0
+    tr = s["track_refinement"]  # refine_tracks=auto: on for semi-dense matches
+    assert tr is not None and not tr["reverted"] and tr["moved"] > 0.5 * (tr["observations"] - tr["tracks"])
     errs = rotation_errors(scene / "model", scene / "gt")
     assert len(errs) == 8
     assert np.median(list(errs.values())) < 0.1
     assert max(errs.values()) < 0.3
+
+
+def test_track_refinement_makes_rotations_more_accurate(scene):
+    """Semi-dense observations of one 3D point differ by the matcher's noise in every pair; aligning
+    them photometrically to one reference view per track (on by default) must pay off against GT
+    (measured: median rotation error 0.040 -> 0.017 deg, max 0.046 -> 0.022 deg)."""
+    _pipeline(scene, "incremental", refine_tracks="off", overwrite=True)
+    off = rotation_errors(scene / "model", scene / "gt")
+    s = _pipeline(scene, "incremental", refine_tracks="on", overwrite=True)
+    on = rotation_errors(scene / "model", scene / "gt")
+    assert s["registered"] == 8 and s["track_refinement"]["reprojection_error_after"] < 0.6 * s["track_refinement"][
+        "reprojection_error_before"]
+    assert np.median(list(on.values())) < 0.6 * np.median(list(off.values())), (on, off)
+    assert max(on.values()) < max(off.values())
 
 
 @pytest.mark.slow
@@ -71,7 +88,7 @@ def test_edge_cases_names_sizes_orientation_zero_matches_isolated(tmp_path):
     and an image in no pair: all paired images register; the isolated one is in the database
     but not registered."""
     cfg = synthetic.SceneConfig(num_images=7, width=400, height=300, focal=330, seed=12, subfolders=True,
-                                portrait=[2], sizes={4: [320, 240]}, zero_match_pairs=1, isolated_images=1)
+                                portrait=[2], sizes={4: [320, 240]}, zero_match_pairs=1, isolated_images=1, antialias=3)
     man = synthetic.generate(tmp_path, cfg)
     assert man["matches_per_pair"][0] == 0
     s = _pipeline(tmp_path, "incremental", min_coverage=0.8)
@@ -106,12 +123,12 @@ def test_single_image_fails_cleanly(tmp_path):
 )
 def test_presets_of_other_backends(tmp_path, preset, scene_kw):
     synthetic.generate(tmp_path, synthetic.SceneConfig(num_images=8, width=400, height=300, focal=330, seed=11,
-                                                       **scene_kw))
+                                                       antialias=3, **scene_kw))
     run_keypoints(tmp_path, tmp_path / "images", {"preset": preset})
     run_database(tmp_path, tmp_path / "images")
     s = run_mapping(tmp_path, tmp_path / "images", MappingConfig(mapper="incremental"))
     assert s["registered"] == 8 and s["duplicate_observations"] == 0
-    if preset == "sift":  # repeatable detections: long tracks
-        assert s["mean_track_length"] > 4.0
+    if preset == "sift":  # repeatable detections: long tracks; refine_tracks=auto is off for sift
+        assert s["mean_track_length"] > 4.0 and s["track_refinement"] is None
     errs = rotation_errors(tmp_path / "model", tmp_path / "gt")
     assert np.median(list(errs.values())) < 0.1

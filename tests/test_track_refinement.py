@@ -29,7 +29,7 @@ NOISE = 0.8  # px, uniform noise of every observation (per axis)
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     out = tmp_path_factory.mktemp("tracks")
-    cfg = synthetic.SceneConfig(num_images=5, width=400, height=300, focal=330, seed=3, arc_deg=50)
+    cfg = synthetic.SceneConfig(num_images=5, width=400, height=300, focal=330, seed=3, arc_deg=50, antialias=3)
     synthetic.generate(out, cfg)
     cams = synthetic.make_cameras(cfg, np.random.default_rng(cfg.seed))  # generate()'s first draw: same cameras
     return out, cams, synthetic._planes()
@@ -113,12 +113,13 @@ def test_observations_move_onto_the_reference_point(scene):
     before = np.linalg.norm(table.xy[other] - target[other], axis=1)
     after = np.linalg.norm(new_xy[other] - target[other], axis=1)
     assert not moved[ref].any() and np.array_equal(new_xy[ref], table.xy[ref])
-    assert moved[other].mean() > 0.8
+    assert moved[other].mean() > 0.75
     assert np.median(before) > 0.6
-    # point-sampled renders limit the alignment to ~0.15 px here (unbiased: mean signed error < 0.02 px)
-    assert np.median(after[moved[other]]) < min(0.2, 0.25 * np.median(before)), np.median(after[moved[other]])
-    assert np.percentile(after[moved[other]], 90) < 0.6
-    assert np.abs((new_xy[other] - target[other])[moved[other]].mean(0)).max() < 0.03
+    # measured: 0.83 px before; 0.050 px median, 0.18 px 90th percentile after (point-sampled renders,
+    # antialias=1, alias at grazing views: 0.13 / 0.35 px); unbiased (mean signed error < 0.005 px)
+    assert np.median(after[moved[other]]) < 0.08, np.median(after[moved[other]])
+    assert np.percentile(after[moved[other]], 90) < 0.3
+    assert np.abs((new_xy[other] - target[other])[moved[other]].mean(0)).max() < 0.02
 
 
 def test_refined_model_is_consistent_and_closer_to_the_truth(scene):
@@ -136,7 +137,7 @@ def test_refined_model_is_consistent_and_closer_to_the_truth(scene):
     refine_tracks(plain, scene[0] / "images", {"min_ncc": 2.0}, refine_focal_length=False, refine_extra_params=False)
     rec = noisy_model(scene)
     stats = refine_tracks(rec, scene[0] / "images", refine_focal_length=False, refine_extra_params=False)
-    assert stats["moved"] > 0.8 * (stats["observations"] - stats["tracks"])
+    assert stats["moved"] > 0.75 * (stats["observations"] - stats["tracks"])
     assert stats["reprojection_error_before"] > 0.5
     assert stats["reprojection_error_after"] < 0.35 * stats["reprojection_error_before"], stats
     assert rec.num_reg_images() == 5
