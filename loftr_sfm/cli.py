@@ -241,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ImageReadError, FileNotFoundError) as e:
         logger.error("%s", e)
         return 2
+    except ValueError as e:  # invalid option values (unknown mapper, typo in an options string, ...)
+        logger.error("%s", e)
+        logger.debug("traceback", exc_info=True)
+        return 2
     except KeyboardInterrupt:
         logger.error("interrupted: finished work is kept; rerun the same command to resume")
         return 130

@@ -59,3 +59,13 @@ def test_missing_inputs_give_clear_error_and_exit_code(tmp_path, caplog):
     code = cli.main(["pairs", "--images", str(tmp_path / "nope"), "--output", str(tmp_path / "out")])
     assert code == 2
     assert "nope" in caplog.text and "does not exist" in caplog.text
+
+
+def test_bad_option_values_give_clear_error_and_exit_code(tmp_path, caplog):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "database.db").write_bytes(b"")
+    code = cli.main(["map", "--images", str(tmp_path), "--output", str(out), "--track-refinement", "min_ncx=0.9"])
+    assert code == 2 and "unknown TrackRefinementConfig option(s) ['min_ncx']" in caplog.text
+    code = cli.main(["map", "--images", str(tmp_path), "--output", str(out), "--refine-tracks", "maybe"])
+    assert code == 2 and "unknown refine_tracks 'maybe'" in caplog.text
