@@ -576,9 +576,8 @@ def run_mapping(
         raise ValueError(f"unknown mapper {cfg.mapper!r}; choose one of {MAPPERS}")
     if cfg.refine_tracks not in ("auto", "on", "off"):
         raise ValueError(f"unknown refine_tracks {cfg.refine_tracks!r}; choose one of ('auto', 'on', 'off')")
-    from .track_refinement import TrackRefinementConfig
-
     from .matchers import parse_options
+    from .track_refinement import TrackRefinementConfig
 
     merge_config(TrackRefinementConfig, parse_options(cfg.track_refinement))  # typos fail now, not after mapping
     if cfg.second_pass not in ("none", *MAPPERS):

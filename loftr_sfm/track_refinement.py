@@ -54,7 +54,7 @@ class TrackRefinementConfig:
     relative_reproj_error: float = 3.0  # ... unless that is under this many times their median error
     min_tri_angle: float = 1.5  # deg; points triangulated under a smaller angle are filtered too
     loss_scale: float = 1.0  # px, Huber loss scale of bundle adjustment
-    device: str = "cpu"  # torch device of the alignment ("auto": GPU when present)
+    device: str = "auto"  # torch device of the alignment (auto: GPU when present, else CPU)
 
 
 @dataclass
