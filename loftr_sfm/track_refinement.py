@@ -19,7 +19,18 @@ patches instead of learned feature maps:
    refines); observations with reprojection errors over ``max_reproj_error`` (1 px, or three
    times the median error if that is larger) and points with small triangulation angles are
    filtered, and bundle adjustment runs once more. The mappers keep observations up to 4 px;
-   once tracks are consistent, the 1-4 px ones are mostly wrong merges and matches.
+   once tracks are consistent, the 1-4 px ones are outliers (wrong merges and matches) rather
+   than noise: on castle-P30 17 % of XFeat*'s track observations are over 1 px from the GT
+   epipolar line of their track's reference observation, 5.5 % of SIFT's.
+
+Measured (``pipelines/evaluate_track_refinement.py``, the models of the README's grid, GT poses):
+XFeat* on castle-P30 with the GT calibration 0.059 -> 0.046 deg median rotation error, AUC@1
+0.883 -> 0.916 (SIFT unrefined: 0.041 deg, 0.919); herzjesu-P8 0.107 -> 0.082 deg, 0.871 -> 0.927
+(SIFT 0.144 deg, 0.938); the synthetic scene of ``tests/test_synthetic_e2e.py`` 0.040 -> 0.017
+deg. Within a track, the median distance of an observation to the GT epipolar line of its
+reference drops from 0.18 to 0.11 px on castle (synthetic, against ray-cast truth: 0.83 -> 0.05
+px). SIFT's detections gain nothing from it (castle AUC@1 0.342 -> 0.305 with estimated
+intrinsics), so the mapping stage's ``refine_tracks=auto`` leaves SIFT models alone.
 
 Memory is bounded by processing tracks in chunks (``chunk_tracks`` templates at a time; one
 image's gradient stack at a time). Coordinates: COLMAP convention in the model (pixel centre at
