@@ -221,6 +221,9 @@ def _bundle_adjust(rec, refine_focal_length: bool, refine_principal_point: bool,
     o.ceres.loss_function_type = pycolmap.LossFunctionType.HUBER  # as the global mapper's: outliers stay bounded
     o.ceres.loss_function_scale = loss_scale
     o.ceres.solver_options.num_threads = num_threads
+    # stop when the cost changes by < 1e-6 (relative), Ceres' default; COLMAP's 0 runs on to the
+    # iteration limit: castle-P30 (140k observations) 48 s -> 10 s, reprojection error equal to 1e-5 px
+    o.ceres.solver_options.function_tolerance = 1e-6
     pycolmap.bundle_adjustment(rec, o)
 
 
