@@ -211,6 +211,7 @@ def observation_errors(rec, table: TrackTable) -> np.ndarray:
 
 def _bundle_adjust(rec, refine_focal_length: bool, refine_principal_point: bool, refine_extra_params: bool,
                    num_threads: int, loss_scale: float) -> None:
+    """Bundle adjustment of every registered image and point (gauge: two cameras fixed, as COLMAP's global BA)."""
     import pycolmap
 
     o = pycolmap.BundleAdjustmentOptions()
@@ -224,7 +225,14 @@ def _bundle_adjust(rec, refine_focal_length: bool, refine_principal_point: bool,
     # stop when the cost changes by < 1e-6 (relative), Ceres' default; COLMAP's 0 runs on to the
     # iteration limit: castle-P30 (140k observations) 48 s -> 10 s, reprojection error equal to 1e-5 px
     o.ceres.solver_options.function_tolerance = 1e-6
-    pycolmap.bundle_adjustment(rec, o)
+    config = pycolmap.BundleAdjustmentConfig()
+    for image_id in rec.reg_image_ids():
+        config.add_image(image_id)
+    config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
+    summary = pycolmap.create_default_bundle_adjuster(o, config, rec).solve()  # (pycolmap.bundle_adjustment logs)
+    if not summary.is_solution_usable():
+        logger.warning("track refinement: bundle adjustment did not converge to a usable solution (%s)",
+                       summary.termination_type)
 
 
 def refine_tracks(
