@@ -72,8 +72,8 @@ class TrackRefinementConfig:
 class TrackTable:
     """Observations of a model's 3D points, one row each (N observations, T tracks).
 
-    ``track`` (N,) track index 0..T-1 (rows grouped by image); ``point3D_id`` (T,);
-    ``image_id``, ``point2D_idx`` (N,); ``xy`` (N, 2) COLMAP pixel coordinates.
+    ``track`` (N,) track index 0..T-1; ``point3D_id`` (T,); ``image_id``, ``point2D_idx`` (N,);
+    ``xy`` (N, 2) COLMAP pixel coordinates. Rows are grouped by image (ascending ids).
     """
 
     track: np.ndarray
@@ -82,9 +82,17 @@ class TrackTable:
     point2D_idx: np.ndarray
     xy: np.ndarray
 
+    def by_image(self) -> dict[int, slice]:
+        """{image id: the slice of its rows}."""
+        ids, first, counts = np.unique(self.image_id, return_index=True, return_counts=True)
+        return {int(i): slice(int(f), int(f + c)) for i, f, c in zip(ids, first, counts)}
+
 
 def track_table(rec) -> TrackTable:
-    """All observations of the registered images of ``rec`` as arrays."""
+    """All observations of the registered images of ``rec`` as arrays.
+
+    (pycolmap exposes points2D one object at a time: the loop over them is the binding's cost.)
+    """
     image_ids, idxs, xys, pids = [], [], [], []
     for image_id in sorted(rec.reg_image_ids()):
         im = rec.image(image_id)
@@ -156,7 +164,8 @@ def align_tracks(rec, images: Path, table: TrackTable, ref: np.ndarray, config: 
 
     device = resolve_device(config.device)
     opts = RefineOptions(config.radius, config.iterations, config.min_ncc, config.max_shift, config.affine)
-    names = {int(i): rec.image(int(i)).name for i in np.unique(table.image_id)}
+    slices = table.by_image()
+    names = {i: rec.image(i).name for i in slices}
     new_xy = table.xy.copy()
     moved = np.zeros(len(table.xy), dtype=bool)
     n_tracks = len(table.point3D_id)
@@ -168,7 +177,8 @@ def align_tracks(rec, images: Path, table: TrackTable, ref: np.ndarray, config: 
         t = torch.zeros((stop - start, (2 * config.radius + 1) ** 2), device=device)
         step = torch.zeros((stop - start, 6 if config.affine else 2, t.shape[1]), device=device)
         for image_id, name in names.items():  # templates from the reference observations
-            rows = np.flatnonzero(in_chunk & ref & (table.image_id == image_id))
+            sl = slices[image_id]
+            rows = sl.start + np.flatnonzero(in_chunk[sl] & ref[sl])
             progress.update()
             if len(rows) == 0:
                 continue
@@ -178,7 +188,8 @@ def align_tracks(rec, images: Path, table: TrackTable, ref: np.ndarray, config: 
             k = torch.from_numpy(table.track[rows] - start).to(device)
             t[k], step[k] = tm.t, tm.step
         for image_id, name in names.items():  # every other observation aligned to its template
-            rows = np.flatnonzero(in_chunk & ~ref & (table.image_id == image_id))
+            sl = slices[image_id]
+            rows = sl.start + np.flatnonzero(in_chunk[sl] & ~ref[sl])
             progress.update()
             if len(rows) == 0:
                 continue
@@ -198,9 +209,9 @@ def observation_errors(rec, table: TrackTable) -> np.ndarray:
     """(N,) reprojection error (px) of every observation of ``table`` in the current ``rec``."""
     xyz = np.array([rec.point3D(int(p)).xyz for p in table.point3D_id], dtype=np.float64).reshape(-1, 3)
     err = np.full(len(table.xy), np.inf)
-    for image_id in np.unique(table.image_id):
-        rows = np.flatnonzero(table.image_id == image_id)
-        im = rec.image(int(image_id))
+    for image_id, sl in table.by_image().items():
+        rows = np.arange(sl.start, sl.stop)
+        im = rec.image(image_id)
         T = im.cam_from_world().matrix()
         X = xyz[table.track[rows]] @ T[:, :3].T + T[:, 3]
         front = X[:, 2] > 1e-9
@@ -275,10 +286,9 @@ def refine_tracks(
         stats["reprojection_error_after"] = stats["reprojection_error_before"]
         stats["skipped"] = str(e)
         return stats
-    rows = np.flatnonzero(moved)
-    for image_id in np.unique(table.image_id[rows]):
-        points2D = rec.image(int(image_id)).points2D
-        sel = rows[table.image_id[rows] == image_id]
+    for image_id, sl in table.by_image().items():  # one binding call per moved point (no bulk setter)
+        sel = sl.start + np.flatnonzero(moved[sl])
+        points2D = rec.image(image_id).points2D
         for idx, xy in zip(table.point2D_idx[sel].tolist(), new_xy[sel]):
             points2D[idx].xy = xy
     _bundle_adjust(rec, refine_focal_length, refine_principal_point, refine_extra_params, num_threads, cfg.loss_scale)
