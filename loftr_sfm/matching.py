@@ -231,10 +231,15 @@ class MatchesWriter:
     writers on the same file.
     """
 
-    def __init__(self, matches_path: str | Path) -> None:
+    def __init__(self, matches_path: str | Path, attrs: Mapping[str, str] | None = None) -> None:
         self.path = Path(matches_path)
         self.journal = self.path.parent / f".{self.path.name}.journal"
         self._count = 0
+        self.attrs = dict(attrs or {})  # file attributes the matches file gets (e.g. "matcher")
+
+    def _set_attrs(self, f) -> None:
+        for k, v in self.attrs.items():
+            f.attrs[k] = v
 
     def remove_stale_temporaries(self) -> int:
         """Delete temporary files a killed run left behind (never complete results)."""
@@ -293,14 +298,15 @@ class MatchesWriter:
         files = self.journal_files()
         if not files:
             if ensure_exists and not self.path.exists():
-                with atomic_path(self.path) as tmp:
-                    h5py.File(tmp, "w").close()
+                with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as f:
+                    self._set_attrs(f)
             return 0
         merged, used = 0, []
         with atomic_path(self.path) as tmp:
             if self.path.exists():
                 shutil.copyfile(self.path, tmp)
             with h5py.File(tmp, "a") as out:
+                self._set_attrs(out)
                 for p in files:
                     try:
                         with h5py.File(p, "r") as f:
@@ -372,7 +378,9 @@ def match_pairs(
     resolve_fn = _resolver(resolve)
     pairs = [(str(a), str(b)) for a, b in pairs]
     stats = MatchingStats(num_pairs=len(pairs))
-    writer = MatchesWriter(matches_path)
+    # which backend made the matches (file attribute "matcher"): the keypoints preset and the mapping
+    # stage's track refinement read it
+    writer = MatchesWriter(matches_path, {"matcher": matcher.name} if matcher is not None else {"matcher": config.matcher})
     if writer.remove_stale_temporaries():
         logger.info("removed temporary files of an interrupted run beside %s", writer.path)
     writer.merge(ensure_exists=True)  # leftovers of an interrupted run first, and a valid file from now on
@@ -391,6 +399,7 @@ def match_pairs(
 
     if matcher is None:
         matcher = build_backend(config)
+        writer.attrs["matcher"] = matcher.name
     spec = matcher.spec
 
     # image headers: sizes for bucketing; unreadable images reported once and their pairs dropped

@@ -48,6 +48,7 @@ reference view per track, the model is bundle-adjusted and filtered at 1 px
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -490,17 +491,25 @@ def _second_pass(db_path: Path, images: Path, tmpdir: Path, cfg: MappingConfig, 
 
 
 def _track_refinement_wanted(cfg: MappingConfig, output: Path) -> bool:
-    """``refine_tracks``: on / off, or auto = on unless the matches come from a detector (sift)."""
+    """``refine_tracks``: on / off, or auto = on unless the matches come from a detector (sift).
+
+    The backend is the ``matcher`` attribute of matches.h5 (written by the matching stage), else
+    the keypoints preset features.h5 was merged with (raw matches from elsewhere), else unknown:
+    semi-dense is assumed, as by the keypoints preset ``auto``.
+    """
     if cfg.refine_tracks != "auto":
         return cfg.refine_tracks == "on"
     import h5py
 
-    try:
+    matcher = None
+    with contextlib.suppress(OSError, KeyError, ValueError, TypeError):
         with h5py.File(output / "matches.h5", "r") as f:
             matcher = f.attrs.get("matcher")
-    except OSError:
-        matcher = None
-    matcher = matcher.decode() if isinstance(matcher, bytes) else matcher
+        matcher = matcher.decode() if isinstance(matcher, bytes) else matcher
+        if matcher is None:
+            with h5py.File(output / "features.h5", "r") as f:
+                preset = json.loads(f.attrs["loftr_sfm_config"]).get("preset")
+            matcher = preset if preset != "auto" else None
     return matcher != "sift"
 
 

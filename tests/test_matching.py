@@ -139,6 +139,7 @@ def test_worker_processes_and_stage_entry(tmp_path, monkeypatch):
     path = run_matching(out, images, {"num_workers": 2, "batch_size": 3})
     assert path == out / "matches.h5" and len(fake.calls) == 10
     with h5py.File(path) as f:
+        assert f.attrs["matcher"] == "fake"  # the backend that made them (read by the keypoints preset "auto")
         for a, b in _all_pairs(names):
             k0, k1, sc = read_raw_matches(f, a, b)
             assert len(k0) == len(k1) == len(sc) > 0

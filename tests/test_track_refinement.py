@@ -167,3 +167,30 @@ def test_empty_model_and_bad_options(scene, tmp_path):
     assert stats["observations"] == 0 and stats["moved"] == 0
     with pytest.raises(ValueError, match="unknown TrackRefinementConfig option"):
         refine_tracks(noisy_model(scene), scene[0] / "images", {"max_reproj_eror": 1.0})
+
+
+def test_auto_is_off_for_detector_matches_only(tmp_path):
+    import json
+
+    import h5py
+
+    from loftr_sfm.reconstruction import _track_refinement_wanted
+
+    def folder(name: str, matcher: str | None, preset: str | None) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        with h5py.File(d / "matches.h5", "w") as f:
+            if matcher:
+                f.attrs["matcher"] = matcher
+        if preset:
+            with h5py.File(d / "features.h5", "w") as f:
+                f.attrs["loftr_sfm_config"] = json.dumps({"preset": preset})
+        return d
+
+    auto = MappingConfig()
+    assert not _track_refinement_wanted(auto, folder("sift", "sift", None))
+    assert _track_refinement_wanted(auto, folder("xfeat", "xfeat-star", "sift"))  # the matcher attribute decides
+    assert not _track_refinement_wanted(auto, folder("byo_sift", None, "sift"))  # raw matches merged as sift
+    assert _track_refinement_wanted(auto, folder("byo", None, "auto"))  # unknown: semi-dense, like the merge
+    assert _track_refinement_wanted(MappingConfig(refine_tracks="on"), tmp_path / "sift")
+    assert not _track_refinement_wanted(MappingConfig(refine_tracks="off"), tmp_path / "xfeat")
