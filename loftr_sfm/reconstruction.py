@@ -27,7 +27,7 @@ images 0020-0029 by 84 degrees; two weak pairs between the blocks happen to agre
 ones (63-185 inliers) do not.
 Low coverage (fewer than ``min_coverage`` of the database images supported) triggers the
 documented fallback: retry the same mapper with ``retry_seeds`` other seeds, then the other
-mapper (incremental <-> global); the attempt with most supported images (then most points)
+mapper (incremental <-> global) with as many seeds; the attempt with most supported images (then most points)
 wins. Every attempt is listed in summary.json, and so are the chosen model's unsupported images,
 which are removed from it (``drop_unsupported``): a missing pose is better than a wrong one.
 
@@ -75,7 +75,7 @@ class MappingConfig:
     mapper: str = "incremental"  # incremental | global
     seed: int = 0
     min_coverage: float = 0.9  # below this registered fraction: retry / fallback
-    retry_seeds: int = 1  # extra seeds tried with the same mapper on low coverage
+    retry_seeds: int = 1  # extra seeds tried with each mapper on low coverage
     fallback: bool = True  # then try the other mapper
     min_num_matches: int = 15  # pairs with fewer verified inliers are ignored
     min_image_points: int = 30  # a registered image with fewer 3D points is not supported (coverage)
@@ -427,10 +427,11 @@ def _rank(attempt: dict) -> tuple[int, int]:
 
 def map_database(db_path: Path, images: Path, cfg: MappingConfig, num_images: int):
     """Run the mapper with the retry / fallback policy. Returns (best model or None, attempts)."""
-    order = [(cfg.mapper, cfg.seed)] + [(cfg.mapper, cfg.seed + k + 1) for k in range(cfg.retry_seeds)]
-    if cfg.fallback:
-        other = "global" if cfg.mapper == "incremental" else "incremental"
-        order.append((other, cfg.seed))
+    # pycolmap's mappers are not deterministic with several threads even at a fixed seed (fox, XFeat*,
+    # sequential pairs, same database: incremental seed 0 left 67/67 images supported in one run, 37/67
+    # in another), so the fallback mapper gets the same retries as the first one
+    mappers = [cfg.mapper] + (["global" if cfg.mapper == "incremental" else "incremental"] if cfg.fallback else [])
+    order = [(m, cfg.seed + k) for m in mappers for k in range(cfg.retry_seeds + 1)]
     best, best_attempt, best_agreement, attempts = None, None, None, []
     with tempfile.TemporaryDirectory(prefix="loftr_sfm_map_") as tmpdir:
         for k, (mapper, seed) in enumerate(order):
