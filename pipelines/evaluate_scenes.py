@@ -114,11 +114,13 @@ def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Pat
         run_matching(out, images, {"matcher": matcher})  # nothing left to match: resumes
     run_keypoints(out, images, {"preset": matcher})
     database: dict = {}
-    mapping_extra: dict = {}
+    # each mapper runs in a subfolder holding only the database, where refine_tracks=auto cannot read the
+    # matcher from matches.h5: decide as auto would
+    mapping_extra: dict = {"refine_tracks": "off" if matcher == "sift" else "on"}
     if intrinsics == "gt":
         model, params = gt_camera_params(gt)
         database = {"camera_mode": "single", "camera_model": model, "camera_params": params}
-        mapping_extra = {"refine_focal_length": False, "refine_extra_params": False}
+        mapping_extra.update(refine_focal_length=False, refine_extra_params=False)
     run_database(out, images, database)
     rows = []
     for mapper in mappers:
