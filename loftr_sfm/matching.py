@@ -380,7 +380,7 @@ def match_pairs(
     stats = MatchingStats(num_pairs=len(pairs))
     # which backend made the matches (file attribute "matcher"): the keypoints preset and the mapping
     # stage's track refinement read it
-    writer = MatchesWriter(matches_path, {"matcher": matcher.name} if matcher is not None else {"matcher": config.matcher})
+    writer = MatchesWriter(matches_path, {"matcher": matcher.name if matcher is not None else config.matcher})
     if writer.remove_stale_temporaries():
         logger.info("removed temporary files of an interrupted run beside %s", writer.path)
     writer.merge(ensure_exists=True)  # leftovers of an interrupted run first, and a valid file from now on
