@@ -5,8 +5,10 @@ For every model that ``pipelines/evaluate_scenes.py`` left in ``--work``
 refinement (:func:`loftr_sfm.reconstruction.refine_model_tracks`, with the mapping options that
 model was built with) to a copy and prints one row: the model as mapped without refinement, and
 after it (rotation / position errors after Sim(3), relative-pose AUC, reprojection error, points,
-seconds). Mapping is deterministic, so the refined row is what the mapping stage gives with
-``refine_tracks=on``; this avoids re-running the mappers (minutes per model) for an ablation.
+seconds). The refined row is what the mapping stage gives with ``refine_tracks=on`` when its
+mapper returns that model (pycolmap's multithreaded mappers are not deterministic, so a rerun may
+map differently); same models before and after is what an ablation needs, and it avoids re-running
+the mappers (minutes per model).
 Pass ``--options`` (``key=value,...``) to try other :class:`TrackRefinementConfig` settings.
 
 Usage:
