@@ -39,6 +39,7 @@ image's gradient stack at a time). Coordinates: COLMAP convention in the model (
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,7 +293,7 @@ def refine_tracks(
         for idx, xy in zip(table.point2D_idx[sel].tolist(), new_xy[sel]):
             points2D[idx].xy = xy
     _bundle_adjust(rec, refine_focal_length, refine_principal_point, refine_extra_params, num_threads, cfg.loss_scale)
-    errors = observation_errors(rec, track_table(rec))
+    errors = observation_errors(rec, dataclasses.replace(table, xy=new_xy))  # BA moves points and poses only
     threshold = max(cfg.max_reproj_error, cfg.relative_reproj_error * float(np.median(errors)))
     filtered = pycolmap.ObservationManager(rec).filter_all_points3D(threshold, cfg.min_tri_angle)
     if filtered:
