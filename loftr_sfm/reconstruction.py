@@ -491,7 +491,7 @@ def _second_pass(db_path: Path, images: Path, tmpdir: Path, cfg: MappingConfig, 
     return rec
 
 
-def _track_refinement_wanted(cfg: MappingConfig, output: Path) -> bool:
+def track_refinement_wanted(cfg: MappingConfig, output: Path) -> bool:
     """``refine_tracks``: on / off, or auto = on unless the matches come from a detector (sift).
 
     The backend is the ``matcher`` attribute of matches.h5 (written by the matching stage), else
@@ -625,7 +625,7 @@ def run_mapping(
                 drop_images(rec, weak)
     record_stage_time(output, "mapping", t.seconds)
     track_stats = None
-    if rec is not None and _track_refinement_wanted(cfg, output):
+    if rec is not None and track_refinement_wanted(cfg, output):
         with Timer() as tt:
             rec, track_stats = refine_model_tracks(rec, images, cfg)
         record_stage_time(output, "track_refinement", tt.seconds)

@@ -42,7 +42,7 @@ from loftr_sfm.io import atomic_path, find_pair, read_pairs, write_pairs
 from loftr_sfm.keypoints import run_keypoints
 from loftr_sfm.matching import run_matching
 from loftr_sfm.pairs import run_pairs
-from loftr_sfm.reconstruction import run_mapping
+from loftr_sfm.reconstruction import MappingConfig, run_mapping, track_refinement_wanted
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 logger = logging.getLogger("evaluate_scenes")
@@ -69,6 +69,16 @@ def fmt(v) -> str:
     if isinstance(v, float):
         return "nan" if v != v else f"{v:.3f}" if abs(v) >= 0.01 or v == 0 else f"{v:.4f}"
     return str(v)
+
+
+def emit_row(row: dict, columns: list[str], lines: list[str], table: Path | None) -> None:
+    """Print one markdown table row, append it to ``lines`` and rewrite ``table`` (header + rows so far)."""
+    line = "| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |"
+    lines.append(line)
+    print(line, flush=True)
+    if table:
+        table.parent.mkdir(parents=True, exist_ok=True)
+        table.write_text("\n".join(lines) + "\n")
 
 
 def match_source(scene: str, matcher: str, methods: list[str], work: Path, num_neighbors: int) -> tuple[Path, float]:
@@ -115,8 +125,8 @@ def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Pat
     run_keypoints(out, images, {"preset": matcher})
     database: dict = {}
     # each mapper runs in a subfolder holding only the database, where refine_tracks=auto cannot read the
-    # matcher from matches.h5: decide as auto would
-    mapping_extra: dict = {"refine_tracks": "off" if matcher == "sift" else "on"}
+    # matcher from matches.h5: decide it here, on the folder that has the files
+    mapping_extra: dict = {"refine_tracks": "on" if track_refinement_wanted(MappingConfig(), out) else "off"}
     if intrinsics == "gt":
         model, params = gt_camera_params(gt)
         database = {"camera_mode": "single", "camera_model": model, "camera_params": params}
@@ -171,12 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 spent = match_s if args.work / scene / matcher / method == source else 0.0
                 for row in run_one(scene, matcher, method, args.mappers, args.work, args.num_neighbors,
                                    source, spent, intrinsics):
-                    line = "| " + " | ".join(fmt(row.get(c, "")) for c in COLUMNS) + " |"
-                    lines.append(line)
-                    print(line, flush=True)
-                    if args.table:
-                        args.table.parent.mkdir(parents=True, exist_ok=True)
-                        args.table.write_text("\n".join(lines) + "\n")
+                    emit_row(row, COLUMNS, lines, args.table)
     return 0
 
 

@@ -174,7 +174,7 @@ def test_auto_is_off_for_detector_matches_only(tmp_path):
 
     import h5py
 
-    from loftr_sfm.reconstruction import _track_refinement_wanted
+    from loftr_sfm.reconstruction import track_refinement_wanted
 
     def folder(name: str, matcher: str | None, preset: str | None) -> Path:
         d = tmp_path / name
@@ -188,9 +188,9 @@ def test_auto_is_off_for_detector_matches_only(tmp_path):
         return d
 
     auto = MappingConfig()
-    assert not _track_refinement_wanted(auto, folder("sift", "sift", None))
-    assert _track_refinement_wanted(auto, folder("xfeat", "xfeat-star", "sift"))  # the matcher attribute decides
-    assert not _track_refinement_wanted(auto, folder("byo_sift", None, "sift"))  # raw matches merged as sift
-    assert _track_refinement_wanted(auto, folder("byo", None, "auto"))  # unknown: semi-dense, like the merge
-    assert _track_refinement_wanted(MappingConfig(refine_tracks="on"), tmp_path / "sift")
-    assert not _track_refinement_wanted(MappingConfig(refine_tracks="off"), tmp_path / "xfeat")
+    assert not track_refinement_wanted(auto, folder("sift", "sift", None))
+    assert track_refinement_wanted(auto, folder("xfeat", "xfeat-star", "sift"))  # the matcher attribute decides
+    assert not track_refinement_wanted(auto, folder("byo_sift", None, "sift"))  # raw matches merged as sift
+    assert track_refinement_wanted(auto, folder("byo", None, "auto"))  # unknown: semi-dense, like the merge
+    assert track_refinement_wanted(MappingConfig(refine_tracks="on"), tmp_path / "sift")
+    assert not track_refinement_wanted(MappingConfig(refine_tracks="off"), tmp_path / "xfeat")
