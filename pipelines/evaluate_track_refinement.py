@@ -33,15 +33,10 @@ sys.path.insert(0, str(REPO))
 from loftr_sfm.evaluation import EvaluationConfig, evaluate_reconstruction  # noqa: E402
 from loftr_sfm.reconstruction import MappingConfig, load_model, refine_model_tracks  # noqa: E402
 from loftr_sfm.utils import merge_config  # noqa: E402
+from evaluate_scenes import emit_row  # noqa: E402  (this folder is on sys.path when run as a script)
 
 COLUMNS = ["scene", "matcher", "pairs", "intrinsics", "mapper", "refined", "registered", "rot_med_deg",
            "rot_max_deg", "pos_med", "AUC@1", "AUC@2", "AUC@5", "points", "reproj_px", "seconds"]
-
-
-def fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.3f}" if abs(v) >= 0.01 or v == 0 else f"{v:.2g}"
-    return str(v)
 
 
 def evaluate(rec, scene: str) -> dict:
@@ -87,12 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                              "points": refined.num_points3D(), "reproj_px": refined.compute_mean_reprojection_error(),
                              "seconds": seconds})
                 for row in rows:
-                    line = "| " + " | ".join(fmt(row.get(c, "")) for c in COLUMNS) + " |"
-                    lines.append(line)
-                    print(line, flush=True)
-                if args.table:
-                    args.table.parent.mkdir(parents=True, exist_ok=True)
-                    args.table.write_text("\n".join(lines) + "\n")
+                    emit_row(row, COLUMNS, lines, args.table)
     return 0
 
 
