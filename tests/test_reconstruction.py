@@ -125,7 +125,8 @@ def test_epipolar_agreement_flags_a_misplaced_camera(scene):
     assert unsupported_images(rec, agreement=bad) == ["img_003.png"]
     # without the per-image rule the camera is still cut off: none of its pairs agrees
     assert unsupported_images(rec, agreement=bad, min_agreement=0.0) == ["img_003.png"]
-    assert unsupported_images(rec, agreement=bad, min_agreement=0.0, min_pair_agreement=0.0) == []
+    assert unsupported_images(rec, agreement=bad, min_agreement=0.0, min_pair_agreement=0.0,
+                              min_link_agreement=0.0) == []
 
 
 def test_a_block_attached_by_contradicted_pairs_only_is_unsupported():
@@ -157,6 +158,20 @@ def test_strong_contradicted_links_outweigh_weak_agreeing_ones():
     assert Agreement(inner + junk + [("a1", "b2", 20, 14)]).main_component() == a_block | b_block
     # without a1 (already unsupported) the agreeing link is gone, and a0, chained to the rest through a1 only
     assert Agreement(inner + junk + [("a1", "b2", 20, 14)]).main_component(exclude={"a1"}) == {"a2", "a3", "a4"}
+
+
+def test_strong_links_that_agree_by_a_bare_majority_do_not_link():
+    """fox, XFeat*, sequential pairs, GT intrinsics, incremental: the second half turned by 115 deg."""
+    a_block = {f"a{i}" for i in range(5)}
+    inner = [(f"a{i}", f"a{i + 1}", 500, 495) for i in range(4)] + [(f"b{i}", f"b{i + 1}", 500, 495) for i in range(2)]
+    # the measured links: three strong ones agreeing 54, 59, 35 % (together 50.3 %), weak ones 0-45 %
+    links = [("a2", "b0", 70, 38), ("a3", "b1", 59, 35), ("a4", "b1", 54, 19), ("a3", "b0", 33, 15), ("a4", "b2", 21, 6)]
+    turned = Agreement(inner + links)
+    assert turned.main_component() == a_block
+    assert turned.main_component(min_link_agreement=0.5) == a_block | {"b0", "b1", "b2"}  # a majority would link
+    # the same pairs under the GT poses agree 83, 86, 74 %: linked
+    sound = Agreement(inner + [("a2", "b0", 70, 58), ("a3", "b1", 59, 51), ("a4", "b1", 54, 40)] + links[3:])
+    assert sound.main_component() == a_block | {"b0", "b1", "b2"}
 
 
 def test_coverage_counts_supported_images_only(scene, monkeypatch):
