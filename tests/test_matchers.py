@@ -129,6 +129,38 @@ def test_sift_matches_agree_with_gt_epipolar_geometry():
         assert m.scores.min() >= 0 and m.scores.max() <= 1
 
 
+def test_sift_keypoints_are_unbiased_under_mirroring():
+    """A keypoint detected on an image and on its 180-degree rotation must map to the same spot.
+
+    OpenCV's raw keypoints are 0.25 px off in x and y (opencv/opencv#23123): mirrored, the offset
+    flips sign, so raw detections of the two images differ by 0.5 px; ours must not.
+    """
+    import cv2
+    from scipy.spatial import cKDTree
+
+    from loftr_sfm.matchers.sift import extract_rootsift
+
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.random((360, 500)).astype(np.float32), (0, 0), 2.0)
+    img = np.uint8(255 * (img - img.min()) / (img.max() - img.min()))
+    h, w = img.shape
+    rot = np.ascontiguousarray(img[::-1, ::-1])
+
+    def bias(detect) -> np.ndarray:
+        kp, back = detect(img), detect(rot)
+        back = np.c_[w - 1 - back[:, 0], h - 1 - back[:, 1]]
+        dist, idx = cKDTree(back).query(kp)
+        near = dist < 0.8
+        assert near.sum() > 500
+        return np.mean(kp[near] - back[idx[near]], axis=0) / 2
+
+    sift = cv2.SIFT_create(nfeatures=4096, contrastThreshold=0.02)
+    raw = bias(lambda im: np.array([k.pt for k in sift.detect(im, None)]))
+    ours = bias(lambda im: extract_rootsift(im, 4096)[0].astype(np.float64))
+    assert np.all(np.abs(raw - 0.25) < 0.03), raw  # OpenCV's offset
+    assert np.all(np.abs(ours) < 0.03), ours
+
+
 def test_xfeat_star_matches_agree_with_gt_and_batching_is_exact():
     scene, rec = _herzjesu_with_gt(xfeat=True)
     matcher = build_matcher("xfeat-star", device="cpu", max_side=768)
