@@ -28,9 +28,11 @@ pairs: the 10th percentile of matches per pair falls from 199 to 65, and the inc
 registers 37 of 67 images instead of 67).
 
 Coordinates: the package reports cell *corners* (``8 * cell``) and offsets centred on them; we
-shift them to pixel-centre coordinates (``cell_centre_fix``, default on). Verified against GT on
-herzjesu-P8 (5 pairs, 1024 px input): median Sampson error 0.67-0.83 px with the fix vs
-0.77-1.67 px without.
+shift them to pixel-centre coordinates (``cell_centre_fix``, default on; see ``_refine``). Verified
+against GT on herzjesu-P8 (5 pairs, 1024 px input): median Sampson error 0.67-0.83 px with the fix
+vs 0.77-1.67 px without; and against the exact correspondences of rendered scenes
+(tests/test_matchers.py), which also showed that image0's regressed point lies half an extraction
+pixel further in x and y than the heatmap index says.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ class XFeatStarMatcher(MatcherBackend):
             # frame; image0's is 8c + k + 0.5 (measured against exact correspondences of rendered
             # scenes: with 8c + k, x1 - H(x0) had a median of (0.3-0.5, 0.45-0.6) px at extraction
             # scale 1.3 and about twice that at 0.6, i.e. 0.5 extraction px; with 8c + k + 0.5 it is
-            # within 0.1 px). Mapped to the input frame ((x + 0.5) * s - 0.5, s = extraction scale)
+            # within 0.15 px). Mapped to the input frame ((x + 0.5) * s - 0.5, s = extraction scale)
             # that adds 5 s - 0.5 and 4 s - 0.5.
             k0 = k0 + (5.0 * sc0 - 0.5)[:, None]
             k1 = k1 + (4.0 * sc1 - 0.5)[:, None]
