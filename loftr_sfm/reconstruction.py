@@ -317,7 +317,8 @@ def unsupported_images(
 
 def _unsupported(rec, db_path: Path, cfg: MappingConfig) -> tuple[list[str], Agreement | None]:
     """(unsupported image names, the agreement they were judged on, None if no rule needs it)."""
-    wanted = cfg.min_epipolar_agreement > 0 or cfg.min_pair_agreement > 0 or cfg.second_pass != "none"
+    wanted = (cfg.min_epipolar_agreement > 0 or cfg.min_pair_agreement > 0 or cfg.min_link_agreement > 0
+              or cfg.second_pass != "none")
     agreement = epipolar_agreement(rec, db_path, cfg.agreement_max_error, cfg.min_num_matches) if wanted else None
     weak = unsupported_images(rec, cfg.min_image_points, cfg.min_image_points_ratio, agreement,
                               cfg.min_epipolar_agreement, cfg.min_pair_agreement, cfg.min_link_inliers,
