@@ -238,6 +238,17 @@ def salient_offsets(cam_index: int, shape: tuple[int, int], coarse: int, seed: i
     return r.integers(0, coarse, size=shape + (2,))
 
 
+def surface_points(cam: Cam, xy: np.ndarray, planes: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """The scene points seen at pixels ``xy`` (N, 2) (OpenCV convention) of ``cam``.
+
+    Returns X (N, 3) and hit (N,) bool; X is meaningless where the ray hits no plane.
+    """
+    rays = cam.rays(xy)
+    t = raycast(cam.centre, rays, planes)[0]
+    hit = np.isfinite(t)
+    return cam.centre + np.where(hit, t, 1.0)[:, None] * rays, hit
+
+
 def gt_matches(ci: Cam, cj: Cam, i: int, j: int, planes: list[dict], cfg: SceneConfig,
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """EfficientLoFTR-shaped matches of pair (i, j) from the exact geometry.
@@ -253,10 +264,7 @@ def gt_matches(ci: Cam, cj: Cam, i: int, j: int, planes: list[dict], cfg: SceneC
     off = np.where(use[..., None], sal, rnd)
     cy, cx = np.mgrid[0:gy, 0:gx]
     xy0 = np.stack([cx * s + off[..., 1], cy * s + off[..., 0]], -1).reshape(-1, 2).astype(float)
-    t, pid, _, _ = raycast(ci.centre, ci.rays(xy0), planes)
-    hit = np.isfinite(t)
-    t = np.where(hit, t, 1.0)
-    X = ci.centre + t[:, None] * ci.rays(xy0)
+    X, hit = surface_points(ci, xy0, planes)
     xy1, z1 = cj.project(X)
     inb = hit & (z1 > 0) & (xy1[:, 0] >= 0) & (xy1[:, 0] <= cj.w - 1) & (xy1[:, 1] >= 0) & (xy1[:, 1] <= cj.h - 1)
     # occlusion test in image j: the first hit along j's ray must be X

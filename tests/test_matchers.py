@@ -208,12 +208,8 @@ def test_xfeat_star_regressed_points_agree_with_exact_correspondences(tmp_path):
         t0, o0 = load_image_tensor(tmp_path / "images" / cams[0].name, m.spec)
         t1, o1 = load_image_tensor(tmp_path / "images" / cams[1].name, m.spec)
         out = m.match(t0[None], t1[None], torch.tensor([o0]), torch.tensor([o1]))[0]
-        k0 = out.keypoints0.astype(np.float64)
-        rays = cams[0].rays(k0)
-        depth = synthetic.raycast(cams[0].centre, rays, planes)[0]
-        hit = np.isfinite(depth)
-        x1, _ = cams[1].project(cams[0].centre + depth[hit, None] * rays[hit])
-        r = out.keypoints1[hit] - x1
+        X, hit = synthetic.surface_points(cams[0], out.keypoints0.astype(np.float64), planes)
+        r = out.keypoints1[hit] - cams[1].project(X[hit])[0]
         return r[np.abs(r).max(axis=1) < 3]  # without the few wrong matches
 
     r = residuals()
