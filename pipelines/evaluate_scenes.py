@@ -81,6 +81,23 @@ def emit_row(row: dict, columns: list[str], lines: list[str], table: Path | None
         table.write_text("\n".join(lines) + "\n")
 
 
+def known_intrinsics(model: str, params: str) -> tuple[dict, dict]:
+    """(database, mapping) options of a run with a known calibration: one camera, fixed in bundle adjustment."""
+    return ({"camera_mode": "single", "camera_model": model, "camera_params": params},
+            {"refine_focal_length": False, "refine_extra_params": False})
+
+
+def model_row(summary: dict, output: Path, gt: Path) -> dict:
+    """Table columns of a mapping ``summary`` whose model is in ``output/model``, evaluated against ``gt``."""
+    row = {"points": summary.get("points", 0), "track": summary.get("mean_track_length", 0.0),
+           "reproj_px": summary.get("mean_reprojection_error", 0.0)}
+    if summary.get("registered", 0) and (output / "model").is_dir():
+        row.update(evaluate_reconstruction(output / "model", gt, EvaluationConfig()).row())
+    else:
+        row["registered"] = f"0/{summary.get('num_images', '?')}"
+    return row
+
+
 def match_source(scene: str, matcher: str, methods: list[str], work: Path, num_neighbors: int) -> tuple[Path, float]:
     """Match once per (scene, matcher); returns (folder with the raw matches, seconds spent).
 
@@ -128,9 +145,8 @@ def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Pat
     # matcher from matches.h5: decide it here, on the folder that has the files
     mapping_extra: dict = {"refine_tracks": "on" if track_refinement_wanted(MappingConfig(), out) else "off"}
     if intrinsics == "gt":
-        model, params = gt_camera_params(gt)
-        database = {"camera_mode": "single", "camera_model": model, "camera_params": params}
-        mapping_extra.update(refine_focal_length=False, refine_extra_params=False)
+        database, fixed = known_intrinsics(*gt_camera_params(gt))
+        mapping_extra.update(fixed)
     run_database(out, images, database)
     rows = []
     for mapper in mappers:
@@ -142,13 +158,7 @@ def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Pat
         summary = run_mapping(mdir, images, {"mapper": mapper, **mapping_extra})
         map_s = time.perf_counter() - t1
         row = {"scene": scene, "matcher": matcher, "pairs": method, "intrinsics": intrinsics, "mapper": mapper,
-               "points": summary.get("points", 0), "track": summary.get("mean_track_length", 0.0),
-               "reproj_px": summary.get("mean_reprojection_error", 0.0), "match_s": match_s, "map_s": map_s}
-        if summary.get("registered", 0) and (mdir / "model").is_dir():
-            ev = evaluate_reconstruction(mdir / "model", gt, EvaluationConfig())
-            row.update(ev.row())
-        else:
-            row["registered"] = f"0/{summary.get('num_images', '?')}"
+               **model_row(summary, mdir, gt), "match_s": match_s, "map_s": map_s}
         rows.append(row)
         (mdir / "evaluation.json").write_text(json.dumps(row, indent=1, default=str))
     return rows

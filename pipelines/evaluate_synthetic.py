@@ -21,9 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "datasets"))
 import synthetic  # noqa: E402
-from evaluate_scenes import emit_row  # noqa: E402
+from evaluate_scenes import emit_row, known_intrinsics, model_row  # noqa: E402  (this folder is on sys.path)
 
-from loftr_sfm.evaluation import EvaluationConfig, evaluate_reconstruction  # noqa: E402
 from loftr_sfm.pipeline import reconstruct  # noqa: E402
 
 COLUMNS = ["scene", "matcher", "intrinsics", "registered", "rot_med_deg", "rot_max_deg", "pos_med", "AUC@1", "AUC@2",
@@ -35,18 +34,10 @@ def run(scene: Path, cfg: synthetic.SceneConfig, matcher: str, intrinsics: str) 
     out = scene / f"{matcher}_{intrinsics}"
     database, mapping = {}, {}
     if intrinsics == "gt":  # every rendered camera has the same PINHOLE calibration (COLMAP convention)
-        params = f"{cfg.focal},{cfg.focal},{cfg.width / 2},{cfg.height / 2}"
-        database = {"camera_mode": "single", "camera_model": "PINHOLE", "camera_params": params}
-        mapping = {"refine_focal_length": False, "refine_extra_params": False}
+        database, mapping = known_intrinsics("PINHOLE", f"{cfg.focal},{cfg.focal},{cfg.width / 2},{cfg.height / 2}")
     summary = reconstruct(scene / "images", out, pairs={"method": "exhaustive"}, matching={"matcher": matcher},
                           keypoints={"preset": matcher}, database=database, mapping=mapping)
-    row = {"scene": scene.name, "matcher": matcher, "intrinsics": intrinsics, "points": summary.get("points", 0),
-           "track": summary.get("mean_track_length", 0.0), "reproj_px": summary.get("mean_reprojection_error", 0.0)}
-    if summary.get("registered", 0):
-        row.update(evaluate_reconstruction(out / "model", scene / "gt", EvaluationConfig()).row())
-    else:
-        row["registered"] = f"0/{summary.get('num_images', '?')}"
-    return row
+    return {"scene": scene.name, "matcher": matcher, "intrinsics": intrinsics, **model_row(summary, out, scene / "gt")}
 
 
 def main(argv: list[str] | None = None) -> int:
