@@ -62,6 +62,9 @@ class SceneConfig:
     isolated_images: int = 0  # extra images (rendered) that appear in no pair
     render: bool = True  # write textured images (else flat grey of the right size)
     antialias: int = 1  # rays per pixel side (1: point-sampled, aliased at grazing views; 3: a camera's area sampling)
+    # texture per plane, never repeated (False: 5 textures of 3 m tiled over the planes and shared by
+    # opposite box faces, i.e. exactly periodic structure, where matches can be wrong yet consistent)
+    unique_textures: bool = False
 
 
 # --------------------------------------------------------------------------- geometry
@@ -182,22 +185,37 @@ def make_cameras(cfg: SceneConfig, rng: np.random.Generator) -> list[Cam]:
 # --------------------------------------------------------------------------- rendering
 
 
-def _textures(rng: np.random.Generator, n: int = 5, size: int = 1024) -> list[np.ndarray]:
+TEXTURE_METRES = 3.0  # side of one texture (size px) on a plane
+
+
+def _textures(rng: np.random.Generator, n: int = 5, size: int = 1024, scales: list[int] | None = None) -> list[np.ndarray]:
+    """``n`` multi-scale noise textures; texture k spans ``scales[k]`` (default 1) times 3 m with the
+    same detail per metre (side ``size * scales[k]`` px)."""
     import cv2
 
     texs = []
-    for _ in range(n):
-        t = np.zeros((size, size), np.float32)
+    for k in range(n):
+        r = scales[k] if scales else 1
+        side = size * r
+        t = np.zeros((side, side), np.float32)
         for s, amp in ((8, 1.0), (32, 0.7), (128, 0.5), (512, 0.3)):
-            small = rng.random((s, s)).astype(np.float32)
-            t += amp * cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
+            small = rng.random((s * r, s * r)).astype(np.float32)
+            t += amp * cv2.resize(small, (side, side), interpolation=cv2.INTER_CUBIC)
         # a few sharp blobs / lines for corners
-        for _ in range(300):
-            x, y = rng.integers(0, size, 2)
+        for _ in range(300 * r * r):
+            x, y = rng.integers(0, side, 2)
             cv2.circle(t, (int(x), int(y)), int(rng.integers(2, 10)), float(rng.uniform(-1, 2)), -1)
         t = (t - t.min()) / (t.max() - t.min() + 1e-9)
         texs.append(t)
     return texs
+
+
+def unique_textures(planes: list[dict], rng: np.random.Generator) -> list[np.ndarray]:
+    """One texture per plane, large enough to cover it once; sets each plane's ``tex`` and ``reps`` = 1."""
+    scales = [int(np.ceil(max(np.linalg.norm(p["u"]), np.linalg.norm(p["v"])) / TEXTURE_METRES)) for p in planes]
+    for k, p in enumerate(planes):
+        p["tex"], p["reps"] = k, 1.0
+    return _textures(rng, len(planes), scales=scales)
 
 
 def render(cam: Cam, planes: list[dict], texs: list[np.ndarray], antialias: int = 1) -> np.ndarray:
@@ -214,7 +232,7 @@ def render(cam: Cam, planes: list[dict], texs: list[np.ndarray], antialias: int 
             continue
         tex = texs[p["tex"]]
         S = tex.shape[0]
-        reps = max(1.0, np.linalg.norm(p["u"]) / 3.0)
+        reps = p.get("reps", max(1.0, np.linalg.norm(p["u"]) / TEXTURE_METRES))
         u = (a[sel] * reps * S) % S
         v = (b[sel] * reps * S) % S
         u0, v0 = np.floor(u).astype(int), np.floor(v).astype(int)
@@ -368,7 +386,10 @@ def generate(output: Path, cfg: SceneConfig | None = None) -> dict:
     planes = _planes()
     cams = make_cameras(cfg, rng)
     (output / "images").mkdir(parents=True, exist_ok=True)
-    texs = _textures(np.random.default_rng(cfg.seed + 1)) if cfg.render else None
+    texs = None
+    if cfg.render:
+        trng = np.random.default_rng(cfg.seed + 1)
+        texs = unique_textures(planes, trng) if cfg.unique_textures else _textures(trng)
     for c in cams:
         p = output / "images" / c.name
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -411,6 +432,7 @@ def main(argv: list[str] | None = None) -> None:
             ap.add_argument("--" + fdef.name.replace("_", "-"), type={"int": int, "float": float, "str": str}[fdef.type],
                             default=fdef.default)
     ap.add_argument("--subfolders", action="store_true")
+    ap.add_argument("--unique-textures", action="store_true", help="one texture per plane, not tiled (no periodic structure)")
     ap.add_argument("--portrait", type=int, nargs="*", default=[])
     a = vars(ap.parse_args(argv))
     out = a.pop("output")

@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-images", type=int, default=10)
     ap.add_argument("--matchers", nargs="+", default=["sift", "xfeat-star"])
     ap.add_argument("--intrinsics", nargs="+", default=["gt", "estimated"], choices=["gt", "estimated"])
+    ap.add_argument("--textures", choices=["tiled", "unique"], default="tiled",
+                    help="tiled: 3 m textures repeated over the planes (periodic structure, the generator's default); "
+                         "unique: one texture per plane (scene folders seed<N>_unique)")
     ap.add_argument("--table", type=Path, default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
@@ -54,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines), flush=True)
     for seed in args.seeds:
         cfg = synthetic.SceneConfig(num_images=args.num_images, width=640, height=480, focal=500.0, antialias=3,
-                                    seed=seed, arc_deg=80.0)
-        scene = args.work / f"seed{seed}"
+                                    seed=seed, arc_deg=80.0, unique_textures=args.textures == "unique")
+        scene = args.work / (f"seed{seed}" + ("_unique" if cfg.unique_textures else ""))
         if not (scene / "gt").is_dir():
             synthetic.generate(scene, cfg)
         for intrinsics in args.intrinsics:
