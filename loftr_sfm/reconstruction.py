@@ -107,10 +107,9 @@ class MappingConfig:
     second_pass: str = "global"  # none | global | incremental: map again without the pairs the model contradicts
     refine_tracks: str = "auto"  # auto | on | off: multi-view track refinement (auto: off for sift matches)
     track_refinement: str | None = None  # TrackRefinementConfig options: 'key=value,key=value' or a JSON object
-    relative_filter: str = "auto"  # auto | on | off: final rounds dropping observations beyond a multiple of the
-    # median reprojection error, then bundle adjustment (auto: on when the intrinsics are fixed, see the module doc)
-    relative_filter_factor: float = 3.0  # that multiple (3: 3.5 sigma of Gaussian noise)
-    relative_filter_rounds: int = 3
+    relative_filter: str = "auto"  # auto | on | off: drop outliers relative to the median error (auto: fixed intrinsics)
+    relative_filter_factor: float = 3.0  # observations beyond this x the median reprojection error go (3.5 sigma)
+    relative_filter_rounds: int = 3  # rounds of filtering + bundle adjustment
     num_threads: int = -1
     refine_focal_length: bool = True
     refine_principal_point: bool = False
@@ -543,6 +542,12 @@ def track_refinement_wanted(cfg: MappingConfig, output: Path) -> bool:
     return matcher != "sift"
 
 
+def images_left_short(before, after, min_points: int) -> list[str]:
+    """Names of the images of ``before`` with fewer 3D points in ``after`` than ``min_points`` (and than before)."""
+    return [before.image(i).name for i in before.reg_image_ids()
+            if after.image(i).num_points3D < min(min_points, before.image(i).num_points3D)]
+
+
 def refine_model_tracks(rec, images: Path, cfg: MappingConfig):
     """:func:`loftr_sfm.track_refinement.refine_tracks` on a copy of ``rec``; (model, statistics).
 
@@ -557,8 +562,7 @@ def refine_model_tracks(rec, images: Path, cfg: MappingConfig):
     refined = pycolmap.Reconstruction(rec)
     stats = refine_tracks(refined, images, parse_options(cfg.track_refinement), cfg.refine_focal_length,
                           cfg.refine_principal_point, cfg.refine_extra_params, cfg.num_threads)
-    lost = [rec.image(i).name for i in rec.reg_image_ids()
-            if refined.image(i).num_points3D < min(cfg.min_image_points, rec.image(i).num_points3D)]
+    lost = images_left_short(rec, refined, cfg.min_image_points)
     stats["reverted"] = bool(lost)
     if lost:
         logger.warning("track refinement left %d image(s) with fewer than %d points (%s): keeping the unrefined "
@@ -588,8 +592,7 @@ def filter_model(rec, cfg: MappingConfig):
     stats = filter_observations(filtered, cfg.relative_filter_factor, cfg.relative_filter_rounds,
                                 TrackRefinementConfig.min_tri_angle, cfg.refine_focal_length,
                                 cfg.refine_principal_point, cfg.refine_extra_params, cfg.num_threads)
-    lost = [rec.image(i).name for i in rec.reg_image_ids()
-            if filtered.image(i).num_points3D < min(cfg.min_image_points, rec.image(i).num_points3D)]
+    lost = images_left_short(rec, filtered, cfg.min_image_points)
     stats["reverted"] = bool(lost)
     if lost:
         logger.warning("relative filtering left %d image(s) with fewer than %d points (%s): keeping the unfiltered "
