@@ -47,21 +47,27 @@ reference view per track, the model is bundle-adjusted and filtered at 1 px
 (:mod:`loftr_sfm.track_refinement`); if that leaves an image with fewer points than
 ``min_image_points`` (and than before), the unrefined model is kept.
 
-Relative filtering (``relative_filter``, default ``auto``: on when bundle adjustment keeps the
-intrinsics fixed, i.e. a known calibration): last, the model is filtered three times at 3x its
-median reprojection error, with bundle adjustment after each round
+Relative filtering (``relative_filter``, default on): last, the model is filtered three times at a
+multiple of its median reprojection error, with bundle adjustment after each round
 (:func:`loftr_sfm.track_refinement.filter_observations`). The mappers keep observations up to
 4 px, far beyond the noise of sub-pixel matches; bundle adjustment absorbs the wrong ones by
-bending poses and points. Measured on finished models (GT calibration; median rotation error,
-AUC@1): rendered scenes with exact GT, XFeat* 0.097 -> 0.004 deg (tiled textures) and 0.051 ->
-0.004 deg (unique textures), SIFT 0.034 -> 0.013 and 0.043 -> 0.013 deg; castle-P30 XFeat*
-0.037 -> 0.034 deg, AUC@1 0.910 -> 0.929, SIFT 0.040 -> 0.039, 0.922 -> 0.922; herzjesu-P8 XFeat*
-AUC@1 0.937 -> 0.946, SIFT 0.935 -> 0.945. Not with estimated intrinsics: there the residuals
-also carry the camera model's misfit (herzjesu-P8, principal point fixed at the centre: XFeat*
-AUC@1 0.798 -> 0.689, SIFT 0.757 -> 0.712; castle-P30 gains: 0.303 -> 0.330, 0.322 -> 0.335).
-Fox's pseudo-GT (a SIFT reconstruction mapped with COLMAP's 4 px) moves away from filtered
-models (XFeat* 0.075 -> 0.104 deg, SIFT 0.055 -> 0.077). As for track refinement, the
-unfiltered model is kept if an image would be left with fewer than ``min_image_points`` points.
+bending poses and points. The multiple (``relative_filter_factor``) is 3 (3.5 sigma of Gaussian
+noise) when bundle adjustment keeps the intrinsics fixed (a known calibration) and 8 when it
+refines them, because the residuals then also carry the camera model's misfit: at 3, herzjesu-P8
+(principal point fixed at the centre, ~23 px off the truth) lost AUC@1 (XFeat* 0.798 -> 0.689,
+SIFT 0.757 -> 0.712); at 8 it moves by 0.798 -> 0.796 and 0.757 -> 0.790.
+Measured on finished models, median rotation error (deg) / AUC@1 before -> after:
+- GT calibration (factor 3): rendered scenes with exact GT, XFeat* 0.097 -> 0.004 (tiled
+  textures) and 0.051 -> 0.004 (unique textures), SIFT 0.034 -> 0.013 and 0.043 -> 0.013;
+  castle-P30 XFeat* 0.037 / 0.910 -> 0.034 / 0.929, SIFT 0.040 / 0.922 -> 0.039 / 0.922;
+  herzjesu-P8 XFeat* AUC@1 0.937 -> 0.946, SIFT 0.935 -> 0.945.
+- estimated intrinsics (factor 8): rendered scenes XFeat* 0.340 -> 0.008 (tiled) and 0.068 ->
+  0.003 (unique), SIFT 0.036 -> 0.043 and 0.063 -> 0.025; castle-P30 AUC@1 XFeat* 0.303 -> 0.302,
+  SIFT 0.322 -> 0.304 (sequential pairs: 0.395 -> 0.417, 0.300 -> 0.378); fox SIFT 0.482 -> 0.492.
+- Fox's pseudo-GT (a SIFT reconstruction mapped with COLMAP's 4 px) moves away from models
+  filtered at 3 (GT calibration: XFeat* 0.075 -> 0.104 deg, SIFT 0.055 -> 0.077).
+As for track refinement, the unfiltered model is kept if an image would be left with fewer than
+``min_image_points`` points.
 """
 
 from __future__ import annotations
@@ -107,8 +113,8 @@ class MappingConfig:
     second_pass: str = "global"  # none | global | incremental: map again without the pairs the model contradicts
     refine_tracks: str = "auto"  # auto | on | off: multi-view track refinement (auto: off for sift matches)
     track_refinement: str | None = None  # TrackRefinementConfig options: 'key=value,key=value' or a JSON object
-    relative_filter: str = "auto"  # auto | on | off: drop outliers relative to the median error (auto: fixed intrinsics)
-    relative_filter_factor: float = 3.0  # observations beyond this x the median reprojection error go (3.5 sigma)
+    relative_filter: bool = True  # last, drop observations beyond a multiple of the median reprojection error
+    relative_filter_factor: float | None = None  # that multiple; None: 3 with fixed intrinsics, else 8 (module doc)
     relative_filter_rounds: int = 3  # rounds of filtering + bundle adjustment
     num_threads: int = -1
     refine_focal_length: bool = True
@@ -571,11 +577,12 @@ def refine_model_tracks(rec, images: Path, cfg: MappingConfig):
     return refined, stats
 
 
-def relative_filter_wanted(cfg: MappingConfig) -> bool:
-    """``relative_filter``: on / off, or auto = on when bundle adjustment refines no intrinsics."""
-    if cfg.relative_filter != "auto":
-        return cfg.relative_filter == "on"
-    return not (cfg.refine_focal_length or cfg.refine_principal_point or cfg.refine_extra_params)
+def relative_filter_factor(cfg: MappingConfig) -> float:
+    """``relative_filter_factor``, or by default 3 when bundle adjustment refines no intrinsics, else 8."""
+    if cfg.relative_filter_factor is not None:
+        return float(cfg.relative_filter_factor)
+    fixed = not (cfg.refine_focal_length or cfg.refine_principal_point or cfg.refine_extra_params)
+    return 3.0 if fixed else 8.0
 
 
 def filter_model(rec, cfg: MappingConfig):
@@ -589,7 +596,7 @@ def filter_model(rec, cfg: MappingConfig):
     from .track_refinement import TrackRefinementConfig, filter_observations
 
     filtered = pycolmap.Reconstruction(rec)
-    stats = filter_observations(filtered, cfg.relative_filter_factor, cfg.relative_filter_rounds,
+    stats = filter_observations(filtered, relative_filter_factor(cfg), cfg.relative_filter_rounds,
                                 TrackRefinementConfig.min_tri_angle, cfg.refine_focal_length,
                                 cfg.refine_principal_point, cfg.refine_extra_params, cfg.num_threads)
     lost = images_left_short(rec, filtered, cfg.min_image_points)
@@ -655,9 +662,7 @@ def run_mapping(
     merge_config(TrackRefinementConfig, parse_options(cfg.track_refinement))  # typos fail now, not after mapping
     if cfg.second_pass not in ("none", *MAPPERS):
         raise ValueError(f"unknown second_pass {cfg.second_pass!r}; choose one of {('none', *MAPPERS)}")
-    if cfg.relative_filter not in ("auto", "on", "off"):
-        raise ValueError(f"unknown relative_filter {cfg.relative_filter!r}; choose one of ('auto', 'on', 'off')")
-    if cfg.relative_filter_factor <= 1.0:
+    if cfg.relative_filter_factor is not None and cfg.relative_filter_factor <= 1.0:
         raise ValueError(f"relative_filter_factor must be > 1 (a multiple of the median error), got "
                          f"{cfg.relative_filter_factor}")
     _quiet(cfg.verbose)
@@ -698,7 +703,7 @@ def run_mapping(
             rec, track_stats = refine_model_tracks(rec, images, cfg)
         record_stage_time(output, "track_refinement", tt.seconds)
     filter_stats = None
-    if rec is not None and relative_filter_wanted(cfg):
+    if rec is not None and cfg.relative_filter:
         with Timer() as tf:
             rec, filter_stats = filter_model(rec, cfg)
         record_stage_time(output, "relative_filter", tf.seconds)

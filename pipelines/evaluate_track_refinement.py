@@ -1,4 +1,4 @@
-"""What track refinement does to the models of a reconstruction grid, against GT.
+"""What track refinement (or the relative filter) does to the models of a reconstruction grid, against GT.
 
 For every model that ``pipelines/evaluate_scenes.py`` left in ``--work``
 (``<scene>/<matcher>/<pairs>[_gtK]/<mapper>/model``), applies the mapping stage's own track
@@ -10,6 +10,10 @@ mapper returns that model (pycolmap's multithreaded mappers are not deterministi
 map differently); same models before and after is what an ablation needs, and it avoids re-running
 the mappers (minutes per model).
 Pass ``--options`` (``key=value,...``) to try other :class:`TrackRefinementConfig` settings.
+
+``--step filter`` applies the mapping stage's last step instead, the relative filter
+(:func:`loftr_sfm.reconstruction.filter_model`; ``--factor`` overrides its multiple), to the
+models that were mapped without it (their summary.json says ``relative_filter`` null).
 
 Usage:
     python pipelines/evaluate_track_refinement.py --work outputs/eval_refined --scenes castle-P30 \
@@ -31,11 +35,17 @@ DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 
 from loftr_sfm.evaluation import EvaluationConfig, evaluate_reconstruction  # noqa: E402
-from loftr_sfm.reconstruction import MappingConfig, load_model, refine_model_tracks  # noqa: E402
+from loftr_sfm.reconstruction import (  # noqa: E402
+    MappingConfig,
+    filter_model,
+    load_model,
+    refine_model_tracks,
+    relative_filter_factor,
+)
 from loftr_sfm.utils import merge_config  # noqa: E402
 from evaluate_scenes import emit_row  # noqa: E402  (this folder is on sys.path when run as a script)
 
-COLUMNS = ["scene", "matcher", "pairs", "intrinsics", "mapper", "refined", "registered", "rot_med_deg",
+COLUMNS = ["scene", "matcher", "pairs", "intrinsics", "mapper", "applied", "registered", "rot_med_deg",
            "rot_max_deg", "pos_med", "AUC@1", "AUC@2", "AUC@5", "points", "reproj_px", "seconds"]
 
 
@@ -52,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--matchers", nargs="+", default=["xfeat-star", "sift"])
     ap.add_argument("--mappers", nargs="+", default=["incremental", "global"])
     ap.add_argument("--options", default=None, help="TrackRefinementConfig options, 'key=value,key=value'")
+    ap.add_argument("--step", choices=["tracks", "filter"], default="tracks",
+                    help="tracks: track refinement; filter: the relative filter")
+    ap.add_argument("--factor", type=float, default=None, help="--step filter: relative_filter_factor")
     ap.add_argument("--table", type=Path, default=None, help="write the markdown table here too")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
@@ -67,18 +80,25 @@ def main(argv: list[str] | None = None) -> int:
                 if mapper not in args.mappers or not (mdir.parent / "summary.json").is_file():
                     continue
                 summary = json.loads((mdir.parent / "summary.json").read_text())
+                if args.step == "filter" and summary.get("relative_filter"):
+                    continue  # filtered when mapped already
                 known = {f for f in MappingConfig.__dataclass_fields__}
                 cfg = merge_config(MappingConfig, {k: v for k, v in summary.get("config", {}).items() if k in known},
-                                   track_refinement=args.options)
+                                   track_refinement=args.options, relative_filter_factor=args.factor)
                 rec = load_model(mdir.parent)
                 base = {"scene": scene, "matcher": matcher, "pairs": cell.removesuffix("_gtK"),
                         "intrinsics": "gt" if cell.endswith("_gtK") else "estimated", "mapper": mapper}
-                rows = [{**base, "refined": "no", **evaluate(rec, scene), "points": rec.num_points3D(),
+                rows = [{**base, "applied": "no", **evaluate(rec, scene), "points": rec.num_points3D(),
                          "reproj_px": rec.compute_mean_reprojection_error(), "seconds": ""}]
                 t0 = time.perf_counter()
-                refined, stats = refine_model_tracks(rec, DATA / scene / "images", cfg)
+                if args.step == "filter":
+                    refined, stats = filter_model(rec, cfg)
+                    done = f"filter x{relative_filter_factor(cfg):g}"
+                else:
+                    refined, stats = refine_model_tracks(rec, DATA / scene / "images", cfg)
+                    done = "tracks"
                 seconds = time.perf_counter() - t0
-                rows.append({**base, "refined": "reverted" if stats["reverted"] else "yes", **evaluate(refined, scene),
+                rows.append({**base, "applied": "reverted" if stats["reverted"] else done, **evaluate(refined, scene),
                              "points": refined.num_points3D(), "reproj_px": refined.compute_mean_reprojection_error(),
                              "seconds": seconds})
                 for row in rows:

@@ -11,7 +11,13 @@ import numpy as np
 import pycolmap
 import pytest
 
-from loftr_sfm.reconstruction import MappingConfig, filter_model, refine_model_tracks, relative_filter_wanted
+from loftr_sfm.reconstruction import (
+    MappingConfig,
+    filter_model,
+    refine_model_tracks,
+    relative_filter_factor,
+    run_mapping,
+)
 from loftr_sfm.track_refinement import (
     TrackRefinementConfig,
     align_tracks,
@@ -237,18 +243,17 @@ def test_relative_filter_removes_the_wrong_observations_that_bundle_adjustment_a
         median_rotation_error(filtered, gt), median_rotation_error(plain, gt))
 
 
-def test_relative_filter_auto_and_revert(scene):
-    assert relative_filter_wanted(MappingConfig(refine_focal_length=False, refine_extra_params=False))
-    assert not relative_filter_wanted(MappingConfig())  # intrinsics refined: residuals carry their misfit too
-    assert not relative_filter_wanted(MappingConfig(refine_focal_length=False, refine_extra_params=False,
-                                                    refine_principal_point=True))
-    assert relative_filter_wanted(MappingConfig(relative_filter="on"))
-    assert not relative_filter_wanted(MappingConfig(relative_filter="off", refine_focal_length=False,
-                                                    refine_extra_params=False))
+def test_relative_filter_factor_and_revert(scene, tmp_path):
+    with pytest.raises(ValueError, match="relative_filter_factor must be > 1"):
+        run_mapping(tmp_path, tmp_path, MappingConfig(relative_filter_factor=1.0))
+    fixed = {"refine_focal_length": False, "refine_extra_params": False}
+    assert relative_filter_factor(MappingConfig(**fixed)) == 3.0
+    assert relative_filter_factor(MappingConfig()) == 8.0  # intrinsics refined: residuals carry their misfit too
+    assert relative_filter_factor(MappingConfig(refine_principal_point=True, **fixed)) == 8.0
+    assert relative_filter_factor(MappingConfig(relative_filter_factor=4.5)) == 4.5
     rec = noisy_model(scene, seed=1, sigma=0.05, outlier_fraction=0.08)
     n = rec.compute_num_observations()
-    same, stats = filter_model(rec, MappingConfig(relative_filter="on", min_image_points=10**6))
+    same, stats = filter_model(rec, MappingConfig(min_image_points=10**6, **fixed))
     assert stats["reverted"] and same is rec and rec.compute_num_observations() == n
-    out, stats = filter_model(rec, MappingConfig(relative_filter="on", refine_focal_length=False,
-                                                  refine_extra_params=False))
+    out, stats = filter_model(rec, MappingConfig(**fixed))
     assert not stats["reverted"] and out is not rec and out.compute_num_observations() < n
