@@ -342,7 +342,10 @@ def filter_observations(
         if len(table.xy) == 0:
             break
         errors = observation_errors(rec, table)
-        threshold = factor * float(np.median(errors[np.isfinite(errors)]))
+        finite = errors[np.isfinite(errors)]
+        if len(finite) == 0:  # every point behind its cameras: nothing to measure against
+            break
+        threshold = factor * float(np.median(finite))
         removed = pycolmap.ObservationManager(rec).filter_all_points3D(threshold, min_tri_angle)
         stats["thresholds"].append(round(threshold, 4))
         stats["removed"].append(int(removed))
