@@ -548,10 +548,17 @@ def track_refinement_wanted(cfg: MappingConfig, output: Path) -> bool:
     return matcher != "sift"
 
 
-def images_left_short(before, after, min_points: int) -> list[str]:
-    """Names of the images of ``before`` with fewer 3D points in ``after`` than ``min_points`` (and than before)."""
-    return [before.image(i).name for i in before.reg_image_ids()
+def keep_unless_images_starve(before, after, stats: dict, min_points: int, step: str):
+    """``after``, or ``before`` if ``after`` leaves an image with fewer 3D points than ``min_points``
+    (and than before); sets ``stats["reverted"]``. Returns (model, stats)."""
+    lost = [before.image(i).name for i in before.reg_image_ids()
             if after.image(i).num_points3D < min(min_points, before.image(i).num_points3D)]
+    stats["reverted"] = bool(lost)
+    if lost:
+        logger.warning("%s left %d image(s) with fewer than %d points (%s): keeping the model from before it", step,
+                       len(lost), min_points, ", ".join(lost[:5]))
+        return before, stats
+    return after, stats
 
 
 def refine_model_tracks(rec, images: Path, cfg: MappingConfig):
@@ -568,13 +575,7 @@ def refine_model_tracks(rec, images: Path, cfg: MappingConfig):
     refined = pycolmap.Reconstruction(rec)
     stats = refine_tracks(refined, images, parse_options(cfg.track_refinement), cfg.refine_focal_length,
                           cfg.refine_principal_point, cfg.refine_extra_params, cfg.num_threads)
-    lost = images_left_short(rec, refined, cfg.min_image_points)
-    stats["reverted"] = bool(lost)
-    if lost:
-        logger.warning("track refinement left %d image(s) with fewer than %d points (%s): keeping the unrefined "
-                       "model", len(lost), cfg.min_image_points, ", ".join(lost[:5]))
-        return rec, stats
-    return refined, stats
+    return keep_unless_images_starve(rec, refined, stats, cfg.min_image_points, "track refinement")
 
 
 def relative_filter_factor(cfg: MappingConfig) -> float:
@@ -599,13 +600,7 @@ def filter_model(rec, cfg: MappingConfig):
     stats = filter_observations(filtered, relative_filter_factor(cfg), cfg.relative_filter_rounds,
                                 TrackRefinementConfig.min_tri_angle, cfg.refine_focal_length,
                                 cfg.refine_principal_point, cfg.refine_extra_params, cfg.num_threads)
-    lost = images_left_short(rec, filtered, cfg.min_image_points)
-    stats["reverted"] = bool(lost)
-    if lost:
-        logger.warning("relative filtering left %d image(s) with fewer than %d points (%s): keeping the unfiltered "
-                       "model", len(lost), cfg.min_image_points, ", ".join(lost[:5]))
-        return rec, stats
-    return filtered, stats
+    return keep_unless_images_starve(rec, filtered, stats, cfg.min_image_points, "relative filtering")
 
 
 def drop_images(rec, names) -> None:
