@@ -357,7 +357,7 @@ def unsupported_images(
     if agreement is not None and agreement.pairs:
         # few points but at least min_points, and a strong pair that agrees: the image is confirmed by
         # its epipolar geometry (semi-dense matches make the median large; an image at the end of a
-        # sequence with two right pairs has few points, castle-P30 0029: 65 against a median of ~1,500)
+        # sequence with two right pairs has few points, castle-P30 0029: 65 against a median of 2,895)
         confirmed = agreement.strongly_linked(min_link_inliers, min_link_agreement)
         weak -= {im.name for im, c in zip(reg, counts) if c >= min_points and im.name in confirmed}
         shares = agreement.per_image(min_link_inliers)

@@ -37,7 +37,9 @@ fall from a median of 347 to 76 per pair, those of right pairs that agree with G
 685, and the share of wrong matches in right pairs from 17 to 8 %. It is not the default because
 it also removes correct matches of repetitive texture that the camera estimation leans on
 (herzjesu-P8, estimated intrinsics: AUC@1 0.804 -> 0.732; fox, retrieval pairs, GT intrinsics:
-0.833 -> 0.791); see the README for the reconstructions.
+0.833 -> 0.791); see the README for the reconstructions. ``ratio_below`` applies the test only to
+pairs in which fewer than that share of the matches pass it (look-alike pairs); at 0.25-0.35 it
+did not help on those scenes (README).
 
 Coordinates: the package reports cell *corners* (``8 * cell``) and offsets centred on them; we
 shift them to pixel-centre coordinates (``cell_centre_fix``, default on; see ``_refine``). Verified
