@@ -124,7 +124,8 @@ def match_source(scene: str, matcher: str, methods: list[str], work: Path, num_n
 
 
 def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Path, num_neighbors: int,
-            source: Path, match_s: float, intrinsics: str = "estimated", matcher_options: str | None = None) -> list[dict]:
+            source: Path, match_s: float, intrinsics: str = "estimated",
+            matcher_options: str | None = None) -> list[dict]:
     """Keypoints, database, mapping and evaluation of one (scene, matcher, pairs, intrinsics) cell.
 
     ``intrinsics``: ``estimated`` (the library's default camera policy: one SIMPLE_RADIAL camera

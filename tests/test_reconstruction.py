@@ -295,8 +295,9 @@ def test_errors(tmp_path):
 def test_many_weak_wrong_pairs_do_not_outvote_strong_right_ones():
     """castle-P30, XFeat* with the ratio test, sequential pairs: 0029 at its GT pose (agreement as measured)."""
     inner = [(f"a{i}", f"a{i + 1}", 500, 495) for i in range(9)]
-    # eight pairs on the other wing's look-alike windows, mostly weak, none agreeing; two strong right ones
-    wrong = [(f"a{i}", "x", n, ok) for i, n, ok in zip(range(8), (36, 25, 26, 22, 19, 39, 61, 69), (0, 1, 0, 0, 0, 0, 3, 16))]
+    # eight pairs on the other wing's look-alike windows, mostly weak, almost none agreeing; two strong right ones
+    wrong = [(f"a{i}", "x", n, ok)
+             for i, n, ok in zip(range(8), (36, 25, 26, 22, 19, 39, 61, 69), (0, 1, 0, 0, 0, 0, 3, 16))]
     right = [("a8", "x", 91, 66), ("a9", "x", 168, 139)]
     agreement = Agreement(inner + wrong + right)
     overall = (66 + 139 + 20) / (91 + 168 + 297)
@@ -305,7 +306,8 @@ def test_many_weak_wrong_pairs_do_not_outvote_strong_right_ones():
     from types import SimpleNamespace
 
     names = [f"a{i}" for i in range(10)] + ["x"]
-    rec = SimpleNamespace(images={i: SimpleNamespace(name=n, has_pose=True, num_points3D=500) for i, n in enumerate(names)})
+    rec = SimpleNamespace(images={i: SimpleNamespace(name=n, has_pose=True, num_points3D=500)
+                                  for i, n in enumerate(names)})
     # its few 3D points (65 against a median of 2,895) are enough: a strong pair (168 inliers, 83 %) confirms it
     few = SimpleNamespace(images={i: SimpleNamespace(name=n, has_pose=True, num_points3D=65 if n == "x" else 2895)
                                   for i, n in enumerate(names)})
@@ -314,11 +316,13 @@ def test_many_weak_wrong_pairs_do_not_outvote_strong_right_ones():
     assert unsupported_images(few, agreement=agreement, min_link_agreement=0.9) == ["x"]  # no pair confirms it
     assert unsupported_images(few, agreement=agreement, min_points=100) == ["x"]  # never below min_points
     for min_agreement in (0.4, 0.5):  # 40 % overall is a coin toss at the default threshold; 58 % is not
-        assert unsupported_images(rec, min_points=0, min_ratio=0.0, agreement=agreement, min_agreement=min_agreement) == []
+        assert unsupported_images(rec, min_points=0, min_ratio=0.0, agreement=agreement,
+                                  min_agreement=min_agreement) == []
     assert unsupported_images(rec, min_points=0, min_ratio=0.0, agreement=agreement, min_agreement=0.5,
                               min_link_inliers=10**6) == ["x"]  # every pair weak: the overall share decides
     # placed where the look-alike says (its pairs there agree 90 %), its right pairs agree 12 and 9 % (as
     # measured without the ratio test at such a pose): flagged
-    misplaced = Agreement(inner + [(a, b, n, int(0.9 * n)) for a, b, n, _ in wrong] + [("a8", "x", 91, 11), ("a9", "x", 168, 15)])
+    misplaced = Agreement(inner + [(a, b, n, int(0.9 * n)) for a, b, n, _ in wrong]
+                          + [("a8", "x", 91, 11), ("a9", "x", 168, 15)])
     assert misplaced.per_image(50)["x"] < 0.4
     assert unsupported_images(rec, min_points=0, min_ratio=0.0, agreement=misplaced) == ["x"]
