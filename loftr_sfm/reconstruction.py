@@ -14,10 +14,11 @@ not have been registered by PnP against its model is not supported by it; the ra
 for an image that a strong pair confirms, see :func:`unsupported_images`), and at least
 ``min_epipolar_agreement`` of whose verified two-view inlier matches agree with the model's
 poses (:func:`epipolar_agreement`; over its strong pairs when it has any). A model broken by
-wrong but verified pairs, e.g. repetitive facades matched across a courtyard, fails that test: the global mapper on castle-P30 with XFeat*
-matches (every one of the 435 exhaustive pairs passes verification, opposite views with 50-140
-inliers) registers 30/30 images, 14 of them rotated by 40-172 degrees; 7 of those agree with
-4-32 % of their inliers, while no image of a sound castle model agrees with less than 62 %.
+wrong but verified pairs, e.g. repetitive facades matched across a courtyard, fails that test:
+the global mapper on castle-P30 with XFeat* matches (every one of the 435 exhaustive pairs passes
+verification, opposite views with 50-140 inliers) registers 30/30 images, 14 of them rotated by
+40-172 degrees; 7 of those agree with 4-32 % of their inliers, while no image of a sound castle
+model agrees with less than 62 %.
 Nor is an image supported that is linked to the model's main part only through pairs of which
 less than ``min_pair_agreement`` agree: the global mapper on fox (SIFT, sequential pairs) joins
 the video's two halves through 54 weak pairs (15-24 inliers, 1 % of them agreeing) and turns the
@@ -345,8 +346,9 @@ def unsupported_images(
     given ``agreement`` (see :func:`epipolar_agreement`), when less than ``min_agreement`` of its
     verified inliers agree with the model (over its pairs of at least ``min_link_inliers``
     inliers when it has any, see :meth:`Agreement.per_image`), or when it is not connected to the
-    model's main part through pairs of which at least ``min_pair_agreement`` agree (a block of the model attached by contradicted pairs only;
-    ``min_link_inliers``, ``min_link_agreement``: see :meth:`Agreement.main_component`).
+    model's main part through pairs of which at least ``min_pair_agreement`` agree (a block of the
+    model attached by contradicted pairs only; ``min_link_inliers``, ``min_link_agreement``: see
+    :meth:`Agreement.main_component`).
     """
     reg = [im for im in rec.images.values() if im.has_pose]
     if not reg:
