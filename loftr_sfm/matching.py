@@ -30,6 +30,7 @@ How it runs:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -350,6 +351,20 @@ def _resolver(resolve: Callable[[str], Path] | Mapping[str, Path] | str | Path) 
     return lambda name: Path(resolve(name))
 
 
+def _warn_if_made_differently(path: Path, made_by: Mapping[str, str], num_kept: int) -> None:
+    """Warn when the pairs already in ``path`` were matched with another matcher or other options."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        before = {k: f.attrs[k] for k in made_by if k in f.attrs}
+    for key, value in before.items():
+        value = value.decode() if isinstance(value, bytes) else str(value)
+        if value != made_by[key]:
+            logger.warning("%s: its %d pairs reused here were matched with %s %s, this run asks for %s; they are kept "
+                           "(--overwrite recomputes them, or use another output folder)", path, num_kept, key, value,
+                           made_by[key])
+
+
 def match_pairs(
     pairs: Sequence[tuple[str, str]],
     resolve: Callable[[str], Path] | Mapping[str, Path] | str | Path,
@@ -379,8 +394,11 @@ def match_pairs(
     pairs = [(str(a), str(b)) for a, b in pairs]
     stats = MatchingStats(num_pairs=len(pairs))
     # which backend made the matches (file attribute "matcher"): the keypoints preset and the mapping
-    # stage's track refinement read it
-    writer = MatchesWriter(matches_path, {"matcher": matcher.name if matcher is not None else config.matcher})
+    # stage's track refinement read it; "matcher_options" lets a rerun notice changed settings
+    made_by = {"matcher": matcher.name if matcher is not None else config.matcher}
+    if matcher is None:
+        made_by["matcher_options"] = json.dumps(backend_options(config), sort_keys=True)
+    writer = MatchesWriter(matches_path, made_by)
     if writer.remove_stale_temporaries():
         logger.info("removed temporary files of an interrupted run beside %s", writer.path)
     writer.merge(ensure_exists=True)  # leftovers of an interrupted run first, and a valid file from now on
@@ -393,6 +411,7 @@ def match_pairs(
             todo.append((a, b))
     if stats.num_done_before:
         logger.info("%d of %d pairs already in %s: skipped", stats.num_done_before, len(pairs), writer.path)
+        _warn_if_made_differently(writer.path, made_by, stats.num_done_before)
     if not todo:
         stats.seconds = time.perf_counter() - t_start
         return stats

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -231,3 +233,21 @@ def test_simulated_kill_leaves_readable_file_and_resumes(tmp_path):
                 np.testing.assert_array_equal(x, y)
     assert not writer.journal.exists()
     assert not list(path.parent.glob(".*.tmp"))  # temporaries of the killed run removed
+
+
+def test_rerun_with_other_matcher_options_warns(tmp_path, monkeypatch, caplog):
+    """Pairs already in matches.h5 are kept on a rerun; if they were made with other options, say so."""
+    images = tmp_path / "images"
+    names = _make_images(images, 3)
+    out = tmp_path / "out"
+    write_pairs(out / "pairs.txt", _all_pairs(names))
+    monkeypatch.setattr("loftr_sfm.matching.build_backend", lambda config: FakeMatcher())
+    run_matching(out, images, {"matcher": "fake", "num_workers": 0, "matcher_options": "max_ratio=0.85"})
+    with h5py.File(out / "matches.h5") as f:
+        assert json.loads(f.attrs["matcher_options"]) == {"max_ratio": 0.85}
+    with caplog.at_level(logging.WARNING, logger="loftr_sfm.matching"):
+        run_matching(out, images, {"matcher": "fake", "num_workers": 0, "matcher_options": "max_ratio=0.85"})
+        assert not caplog.records  # same settings: nothing to say
+        run_matching(out, images, {"matcher": "fake", "num_workers": 0})
+    assert any("matcher_options" in r.getMessage() and "max_ratio" in r.getMessage() and "3 pairs" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
