@@ -35,9 +35,8 @@ its best rival farther than ``ratio_radius`` (:func:`distinctiveness_ratios`). M
 castle-P30's 245 sequential pairs (1024 px) against GT: the matches of pairs most of whose
 matches contradict GT fall from a median of 347 to 76 per pair, those of right pairs that agree
 with GT from 895 to 685, and the share of wrong matches in right pairs from 17 to 8 %. It is not
-the default because
-it also removes correct matches of repetitive texture that the camera estimation leans on
-(herzjesu-P8, estimated intrinsics: AUC@1 0.804 -> 0.732; fox, retrieval pairs, GT intrinsics:
+the default because it also removes correct matches of repetitive texture that the camera
+estimation leans on (herzjesu-P8, estimated intrinsics: AUC@1 0.804 -> 0.732; fox, retrieval pairs, GT intrinsics:
 0.833 -> 0.791); see the README for the reconstructions. ``ratio_below`` applies the test only to
 pairs in which fewer than that share of the matches pass it (look-alike pairs); at 0.25-0.35 it
 did not help on those scenes (README).
