@@ -212,9 +212,15 @@ class Agreement:
         return {n: (strong_agree[n] / strong_total[n] if strong_total.get(n) else agree[n] / total[n])
                 for n in sorted(total)}
 
+    @staticmethod
+    def strong_links(num, agree, min_link_inliers: int = 50, min_link_agreement: float = 0.7):
+        """Which pairs link their images: at least ``min_link_inliers`` verified inliers (``num``), of
+        which at least ``min_link_agreement`` agree (``agree``); numbers or numpy arrays."""
+        return (num >= min_link_inliers) & (agree >= min_link_agreement * num)
+
     def strongly_linked(self, min_link_inliers: int = 50, min_link_agreement: float = 0.7) -> set[str]:
-        """Images with a pair of at least ``min_link_inliers`` inliers of which ``min_link_agreement`` agree."""
-        return {name for a, b, n, ok in self.pairs if n >= min_link_inliers and ok >= min_link_agreement * n
+        """Images with a pair that links them (:meth:`strong_links`)."""
+        return {name for a, b, n, ok in self.pairs if self.strong_links(n, ok, min_link_inliers, min_link_agreement)
                 for name in (a, b)}
 
     def main_component(
@@ -257,7 +263,7 @@ class Agreement:
         kept = [(idx[a], idx[b], n, ok) for a, b, n, ok in self.pairs if a in idx and b in idx]
         ia, ib, num, agree = np.array(kept, np.int64).reshape(-1, 4).T
         strong = num >= min_link_inliers
-        seed = strong & (agree >= min_link_agreement * num)
+        seed = self.strong_links(num, agree, min_link_inliers, min_link_agreement)
         weak_agrees = ~strong & (agree >= min_pair_agreement * num)
         graph = coo_matrix((np.ones(int(seed.sum())), (ia[seed], ib[seed])), shape=(len(names), len(names)))
         _, labels = connected_components(graph, directed=False)
