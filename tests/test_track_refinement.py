@@ -154,9 +154,6 @@ def median_rotation_error(rec, gt) -> float:
 def test_refined_model_is_consistent_and_closer_to_the_truth(scene):
     gt = pycolmap.Reconstruction(str(scene[0] / "gt"))
 
-    def rotation_error(rec) -> float:
-        return median_rotation_error(rec, gt)
-
     plain = noisy_model(scene)  # the same noise, bundle adjustment only (nothing can move)
     refine_tracks(plain, scene[0] / "images", {"min_ncc": 2.0}, refine_focal_length=False, refine_extra_params=False)
     rec = noisy_model(scene)
@@ -169,7 +166,8 @@ def test_refined_model_is_consistent_and_closer_to_the_truth(scene):
     for r in (plain, rec):
         sim = pycolmap.align_reconstructions_via_proj_centers(r, gt, max_proj_center_error=0.5)
         r.transform(sim)
-    assert rotation_error(rec) < 0.5 * rotation_error(plain), (rotation_error(rec), rotation_error(plain))
+    err, err_plain = median_rotation_error(rec, gt), median_rotation_error(plain, gt)
+    assert err < 0.5 * err_plain, (err, err_plain)
 
 
 def test_mapping_keeps_the_unrefined_model_when_refinement_would_empty_an_image(scene):
