@@ -240,11 +240,30 @@ def test_second_pass_maps_again_without_the_contradicted_pairs(scene, tmp_path, 
     with pycolmap.Database.open(str(db_path)) as d:  # the stage's own database is untouched
         assert d.num_verified_image_pairs() == 10
 
-    # a second pass that supports fewer images is not taken
+    # a second pass that supports fewer images is completed: the incremental mapper registers the lost image into
+    # it with its poses fixed (for real, from the pruned database)
     calls.clear()
     second = _gt_model_without_points_of(scene, {"img_003.png"})
+    for cam in second.cameras.values():  # the database's camera model (a mapper's model has it; the GT is PINHOLE)
+        cam.model, cam.params = "SIMPLE_RADIAL", [cam.params[0], cam.params[2], cam.params[3], 0.0]
     best, attempts = map_database(db_path, scene / "images", cfg, num_images=5)
-    assert best is sound and attempts[0]["chosen"] and attempts[-1]["supported"] == 4 and not attempts[-1]["chosen"]
+    assert [(a["mapper"], a["supported"], a["chosen"]) for a in attempts] == [
+        ("incremental", 5, False), ("global", 4, False), ("global+incremental", 5, True)]
+    gt = {im.name: im.cam_from_world() for im in pycolmap.Reconstruction(str(scene / "gt")).images.values()}
+    poses = {im.name: im.cam_from_world() for im in best.images.values() if im.has_pose}
+    assert sorted(poses) == sorted(gt)
+    for name in ("img_000.png", "img_004.png"):  # kept fixed
+        np.testing.assert_allclose(poses[name].matrix(), second.find_image_with_name(name).cam_from_world().matrix(),
+                                   atol=1e-9)
+    rel = poses["img_003.png"].rotation * gt["img_003.png"].rotation.inverse()
+    assert np.degrees(rel.angle()) < 0.1
+    assert np.linalg.norm(poses["img_003.png"].translation - gt["img_003.png"].translation) < 0.01
+    assert second.find_image_with_name("img_003.png").has_pose  # the second-pass model itself is untouched
+    # ... and is not taken if the completion fails
+    monkeypatch.setattr(reconstruction, "complete_model", lambda *a, **k: None)
+    best, attempts = map_database(db_path, scene / "images", cfg, num_images=5)
+    assert best is sound and attempts[0]["chosen"] and attempts[1]["supported"] == 4 and not attempts[1]["chosen"]
+    assert attempts[-1]["mapper"] == "global+incremental" and attempts[-1]["registered"] == 0
     # off, or nothing to prune: one pass
     calls.clear()
     map_database(db_path, scene / "images", MappingConfig(retry_seeds=0, second_pass="none"), num_images=5)
