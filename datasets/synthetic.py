@@ -43,6 +43,7 @@ class SceneConfig:
     width: int = 480
     height: int = 360
     focal: float = 400.0  # px
+    principal_offset: tuple[float, float] = (0.0, 0.0)  # px, principal point minus the image centre (x, y)
     radius: float = 6.0  # camera distance to the scene centre
     arc_deg: float = 80.0  # cameras spread over this arc
     seed: int = 0
@@ -132,6 +133,7 @@ class Cam:
     f: float
     R: np.ndarray  # world -> camera
     t: np.ndarray
+    offset: tuple[float, float] = (0.0, 0.0)  # principal point minus the image centre (px)
 
     @property
     def centre(self) -> np.ndarray:
@@ -139,7 +141,8 @@ class Cam:
 
     def K_cv(self) -> np.ndarray:
         """Intrinsics in OpenCV convention (principal point = COLMAP's minus 0.5)."""
-        return np.array([[self.f, 0, self.w / 2 - 0.5], [0, self.f, self.h / 2 - 0.5], [0, 0, 1.0]])
+        cx, cy = self.w / 2 + self.offset[0] - 0.5, self.h / 2 + self.offset[1] - 0.5
+        return np.array([[self.f, 0, cx], [0, self.f, cy], [0, 0, 1.0]])
 
     def rays(self, xy: np.ndarray) -> np.ndarray:
         K = self.K_cv()
@@ -178,7 +181,7 @@ def make_cameras(cfg: SceneConfig, rng: np.random.Generator) -> list[Cam]:
             name = f"{'ab'[i % 2]}/img_{i // 2:03d}.png"
         else:
             name = f"img_{i:03d}.png"
-        cams.append(Cam(name, int(w), int(h), float(f), R, -R @ c))
+        cams.append(Cam(name, int(w), int(h), float(f), R, -R @ c, tuple(map(float, cfg.principal_offset))))
     return cams
 
 
@@ -367,7 +370,7 @@ def write_gt(cams: list[Cam], path: Path) -> None:
     rec = pycolmap.Reconstruction()
     for k, c in enumerate(cams, 1):
         cam = pycolmap.Camera(camera_id=k, model="PINHOLE", width=c.w, height=c.h,
-                              params=[c.f, c.f, c.w / 2, c.h / 2])
+                              params=[c.f, c.f, c.w / 2 + c.offset[0], c.h / 2 + c.offset[1]])
         rec.add_camera_with_trivial_rig(cam)
         pose = pycolmap.Rigid3d(pycolmap.Rotation3d(c.R), c.t)
         rec.add_image_with_trivial_frame(pycolmap.Image(name=c.name, camera_id=k, image_id=k), pose)
@@ -434,9 +437,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--subfolders", action="store_true")
     ap.add_argument("--unique-textures", action="store_true", help="one texture per plane, not tiled (no periodic structure)")
     ap.add_argument("--portrait", type=int, nargs="*", default=[])
+    ap.add_argument("--principal-offset", type=float, nargs=2, default=[0.0, 0.0], metavar=("DX", "DY"))
     a = vars(ap.parse_args(argv))
     out = a.pop("output")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    a["principal_offset"] = tuple(a["principal_offset"])
     generate(out, SceneConfig(**a))
 
 

@@ -13,7 +13,10 @@ methods see identical matches.
 
 ``--intrinsics gt`` adds runs with the GT calibration (one camera, fixed in bundle adjustment):
 with the default policy (principal point fixed at the image centre) Strecha scenes carry a
-~0.5 degree rotation bias that hides the differences between matchers.
+~0.5 degree rotation bias that hides the differences between matchers. ``--intrinsics shared``
+estimates one camera for all images (``camera_mode single``; focal length, distortion and, by
+the mapping stage's auto rule, the principal point refined), what a user states for photos
+taken with one camera.
 
 Usage:
     python pipelines/evaluate_scenes.py --scenes herzjesu-P8 castle-P30 --matchers xfeat-star sift \
@@ -129,14 +132,15 @@ def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Pat
     """Keypoints, database, mapping and evaluation of one (scene, matcher, pairs, intrinsics) cell.
 
     ``intrinsics``: ``estimated`` (the library's default camera policy: one SIMPLE_RADIAL camera
-    per image, focal refined, principal point fixed at the centre) or ``gt`` (one camera with the
-    GT calibration, kept fixed in bundle adjustment), which removes the principal-point bias and
+    per image, focal refined, principal point fixed at the centre), ``shared`` (one SIMPLE_RADIAL
+    camera for all images, principal point refined too) or ``gt`` (one camera with the GT
+    calibration, kept fixed in bundle adjustment), which removes the principal-point bias and
     leaves the matches as the only difference between matchers.
     """
     images = DATA / scene / "images"
     gt = DATA / scene / "gt"
     base = work / scene / matcher
-    out = base / (method if intrinsics == "estimated" else f"{method}_gtK")
+    out = base / {"estimated": method, "gt": f"{method}_gtK", "shared": f"{method}_shared"}[intrinsics]
     run_pairs(out, images, {"method": method, "num_neighbors": num_neighbors})
     if out != source:
         copy_raw_matches(source / "matches.h5", out / "matches.h5", read_pairs(out / "pairs.txt"))
@@ -149,6 +153,8 @@ def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Pat
     if intrinsics == "gt":
         database, fixed = known_intrinsics(*gt_camera_params(gt))
         mapping_extra.update(fixed)
+    elif intrinsics == "shared":
+        database = {"camera_mode": "single"}
     run_database(out, images, database)
     rows = []
     for mapper in mappers:
@@ -172,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--matchers", nargs="+", default=["xfeat-star", "sift"])
     ap.add_argument("--pairs", nargs="+", default=["exhaustive", "sequential", "retrieval"])
     ap.add_argument("--mappers", nargs="+", default=["incremental", "global"])
-    ap.add_argument("--intrinsics", nargs="+", default=["estimated"], choices=["estimated", "gt"],
-                    help="camera policy: estimated (library default) and/or gt (GT calibration, fixed)")
+    ap.add_argument("--intrinsics", nargs="+", default=["estimated"], choices=["estimated", "shared", "gt"],
+                    help="camera policy: estimated (library default), shared (one estimated camera) and/or gt "
+                         "(GT calibration, fixed)")
     ap.add_argument("--num-neighbors", type=int, default=10)
     ap.add_argument("--matcher-options", default=None,
                     help="backend options for every matcher, 'key=value,...' (use a separate --work per setting)")

@@ -345,3 +345,17 @@ def test_many_weak_wrong_pairs_do_not_outvote_strong_right_ones():
                           + [("a8", "x", 91, 11), ("a9", "x", 168, 15)])
     assert misplaced.per_image(50)["x"] < 0.4
     assert unsupported_images(rec, min_points=0, min_ratio=0.0, agreement=misplaced) == ["x"]
+
+
+def test_principal_point_is_refined_for_shared_cameras_only():
+    from loftr_sfm.reconstruction import resolve_principal_point
+
+    def auto(per_camera, **kw):
+        return resolve_principal_point(MappingConfig(**kw), per_camera).refine_principal_point
+
+    assert auto({1: 30}) is True and auto({1: 5, 2: 7}) is True
+    assert auto({1: 1, 2: 1, 3: 1}) is False  # one camera per image: ill-posed, fixed at the centre
+    assert auto({1: 29, 2: 1}) is False  # one flag for every camera of the model
+    assert auto({1: 30}, refine_focal_length=False) is False  # a known calibration stays fixed
+    assert auto({}) is False
+    assert auto({1: 1}, refine_principal_point=True) is True and auto({1: 30}, refine_principal_point=False) is False
