@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in ("pairs", "match", "keypoints", "database", "map"):
         _, _, aliases = STAGE_CONFIGS[stage]
         add_config_arguments(p, _config_class(stage), aliases, skip=_DIR_ARGS, seen=seen)
+    p.add_argument("--repair", type=_parse_bool, nargs="?", const=True, default=True, metavar="BOOL",
+                   help="match the pairs of images the mapping check removes again, stricter (XFeat*: ratio test), "
+                        "and keep the new model if it registers more images (default: true)")
 
     _add_stage(sub, "pairs", "select image pairs -> pairs.txt", True)
     _add_stage(sub, "match", "match the pairs -> matches.h5 (raw, per pair)", True)
@@ -202,7 +205,7 @@ def run(argv: list[str] | None = None) -> Any:
         return reconstruct(
             args.images, args.output,
             pairs=configs["pairs"], matching=configs["match"], keypoints=configs["keypoints"],
-            database=configs["database"], mapping=configs["map"],
+            database=configs["database"], mapping=configs["map"], repair=args.repair,
         )
     if cmd in ("pairs", "match", "keypoints", "database", "map"):
         module, cls_name, _ = STAGE_CONFIGS[cmd]

@@ -232,11 +232,13 @@ class MatchesWriter:
     writers on the same file.
     """
 
-    def __init__(self, matches_path: str | Path, attrs: Mapping[str, str] | None = None) -> None:
+    def __init__(self, matches_path: str | Path, attrs: Mapping[str, str] | None = None,
+                 pair_attrs: Mapping[str, str] | None = None) -> None:
         self.path = Path(matches_path)
         self.journal = self.path.parent / f".{self.path.name}.journal"
         self._count = 0
         self.attrs = dict(attrs or {})  # file attributes the matches file gets (e.g. "matcher")
+        self.pair_attrs = dict(pair_attrs or {})  # attributes of every pair group written
 
     def _set_attrs(self, f) -> None:
         for k, v in self.attrs.items():
@@ -286,6 +288,8 @@ class MatchesWriter:
             with h5py.File(tmp, "w") as f:
                 for n0, n1, m in results:
                     write_raw_matches(f, n0, n1, m.keypoints0, m.keypoints1, m.scores)
+                    for k, v in self.pair_attrs.items():
+                        f[names_to_pair(n0, n1)].attrs[k] = v
         return self.journal / name
 
     def merge(self, ensure_exists: bool = True) -> int:
@@ -371,6 +375,7 @@ def match_pairs(
     matches_path: str | Path,
     config: MatchingConfig | Mapping[str, Any] | None = None,
     matcher: MatcherBackend | None = None,
+    pair_attrs: Mapping[str, str] | None = None,
 ) -> MatchingStats:
     """Match ``pairs`` (name0, name1) and add them to the raw matches file ``matches_path``.
 
@@ -382,6 +387,8 @@ def match_pairs(
         config: :class:`MatchingConfig` (or dict); its backend fields are ignored when ``matcher``
             is given.
         matcher: an already built backend (see :func:`build_backend`) to reuse across calls.
+        pair_attrs: attributes written on each of these pairs' groups; the file's own ``matcher_options``
+            attribute is then left as it is (e.g. a few pairs matched again with other options).
     Returns:
         :class:`MatchingStats`. Pairs already present are skipped (unless ``config.overwrite``).
     """
@@ -396,9 +403,9 @@ def match_pairs(
     # which backend made the matches (file attribute "matcher"): the keypoints preset and the mapping
     # stage's track refinement read it; "matcher_options" lets a rerun notice changed settings
     made_by = {"matcher": matcher.name if matcher is not None else config.matcher}
-    if matcher is None:
+    if matcher is None and not pair_attrs:
         made_by["matcher_options"] = json.dumps(backend_options(config), sort_keys=True)
-    writer = MatchesWriter(matches_path, made_by)
+    writer = MatchesWriter(matches_path, made_by, pair_attrs)
     if writer.remove_stale_temporaries():
         logger.info("removed temporary files of an interrupted run beside %s", writer.path)
     writer.merge(ensure_exists=True)  # leftovers of an interrupted run first, and a valid file from now on

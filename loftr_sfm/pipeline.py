@@ -1,12 +1,18 @@
 """``reconstruct``: nothing but the stages in order, each timed.
 
 pairs -> matches -> keypoints -> database -> reconstruction. Every stage is resumable, so
-rerunning the same command after an interruption recomputes only what is missing.
+rerunning the same command after an interruption recomputes only what is missing. Images that the
+mapping check removes get one more chance: their pairs are matched again with the backend's
+stricter options and the scene is mapped again (:func:`repair_dropped_images`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,7 @@ def reconstruct(
     keypoints: Any = None,
     database: Any = None,
     mapping: Any = None,
+    repair: bool = True,
 ):
     """Run every stage on ``images`` and write the results into ``output``.
 
@@ -31,6 +38,8 @@ def reconstruct(
         images: folder of photos (sub-folders allowed; image names are relative POSIX paths).
         output: output directory (pairs.txt, matches.h5, features.h5, database.db, model/, ...).
         pairs, matching, keypoints, database, mapping: the stages' configs (dataclass, dict or None).
+        repair: match the pairs of images the mapping check removes again with the backend's stricter
+            options and keep the result if it registers more images (:func:`repair_dropped_images`).
     Returns:
         The mapping summary (registered/total images, points, track length, reprojection error,
         per-stage times; also saved as ``summary.json``). The model itself:
@@ -62,4 +71,93 @@ def reconstruct(
             fn(output, images, cfg)
         times[name] = t.seconds
         logger.info("stage %s done in %.1f s", name, t.seconds)
-    return run_mapping(output, images, merge_config(MappingConfig, mapping), stage_times=times)
+    mapping_cfg = merge_config(MappingConfig, mapping)
+    summary = run_mapping(output, images, mapping_cfg, stage_times=times)
+    if repair:
+        summary = repair_dropped_images(output, images, summary, matching_cfg, keypoints_cfg,
+                                        merge_config(DatabaseConfig, database), mapping_cfg)
+    return summary
+
+
+REPAIR_DIR = "repair"
+# what repair_dropped_images moves from repair/ into the output folder when it wins
+_REPAIR_OUTPUTS = ("matches.h5", "features.h5", "database.db", ".database.json", "model", "model_txt", "points.ply",
+                   "summary.json")
+
+
+def repair_dropped_images(output: Path, images: Path, summary: dict, matching: Any = None, keypoints: Any = None,
+                          database: Any = None, mapping: Any = None) -> dict:
+    """Match the pairs of the images the mapping check removed again, stricter, and map again.
+
+    An image that the check removes (``summary["dropped_images"]``) was placed where its verified
+    matches contradict it, typically pulled by pairs of look-alike structure: castle-P30 with
+    sequential pairs, XFeat*: image 0029 has eight wrong pairs with 1,203 inliers against 659 in
+    its two right ones. The matcher backend's :meth:`~loftr_sfm.matchers.MatcherBackend.repair_options`
+    (XFeat*: the ratio test at 0.85) are applied to those images' pairs only, in ``output/repair/``
+    (a copy of pairs.txt and matches.h5), then keypoints, database and mapping run there with the
+    same configs. If that registers more images, its files replace the output's (``summary.json``
+    gets a ``repair`` record, so a rerun does not repair again); otherwise the output is untouched
+    and ``repair/`` stays for inspection (a rerun finds it up to date). Nothing is done for
+    backends without stricter options (SIFT already has a ratio test).
+
+    Returns the summary of the model now in ``output``.
+    """
+    from loftr_sfm.database import DatabaseConfig, run_database
+    from loftr_sfm.io import read_pairs
+    from loftr_sfm.keypoints import KeypointsConfig, run_keypoints
+    from loftr_sfm.matchers import matcher_class
+    from loftr_sfm.matching import MATCHES_FILE, PAIRS_FILE, MatchingConfig, backend_options, match_pairs
+    from loftr_sfm.reconstruction import MappingConfig, run_mapping
+    from loftr_sfm.utils import merge_config
+
+    output, images = Path(output), Path(images)
+    dropped = sorted(summary.get("dropped_images") or [])
+    if not dropped or summary.get("repair"):
+        return summary
+    matching = merge_config(MatchingConfig, matching)
+    options = backend_options(matching)
+    strict = matcher_class(matching.matcher).repair_options(options)
+    if strict is None:
+        logger.info("repair: matcher %s has no stricter options, %d removed image(s) stay out", matching.matcher,
+                    len(dropped))
+        return summary
+    work = output / REPAIR_DIR
+    work.mkdir(exist_ok=True)
+    shutil.copy2(output / PAIRS_FILE, work / PAIRS_FILE)
+    record = {"images": dropped, "matcher_options": strict}
+    marker = work / "repair.json"
+    pairs = [p for p in read_pairs(work / PAIRS_FILE) if p[0] in dropped or p[1] in dropped]
+    if not marker.is_file() or json.loads(marker.read_text()) != record:
+        logger.info("repair: %d image(s) removed by the mapping check (%s); matching their %d pairs again with %s",
+                    len(dropped), ", ".join(dropped[:5]), len(pairs), strict)
+        shutil.copy2(output / MATCHES_FILE, work / MATCHES_FILE)
+        with Timer() as t:
+            match_pairs(pairs, images, work / MATCHES_FILE,
+                        replace(matching, matcher_options=json.dumps(strict), weights=None, max_side=None,
+                                overwrite=True),
+                        pair_attrs={"matcher_options": json.dumps(strict, sort_keys=True)})
+        marker.write_text(json.dumps(record))
+        record_time = t.seconds
+    else:
+        record_time = 0.0
+    run_keypoints(work, images, merge_config(KeypointsConfig, keypoints))
+    run_database(work, images, merge_config(DatabaseConfig, database))
+    repaired = run_mapping(work, images, merge_config(MappingConfig, mapping))
+    record.update(pairs=len(pairs), matching_seconds=round(record_time, 3), registered_before=summary["registered"],
+                  registered_after=repaired["registered"], dropped_after=repaired.get("dropped_images", []))
+    if repaired["registered"] <= summary["registered"]:
+        logger.warning("repair: %d/%d images registered after matching again (%d before): the model is kept",
+                       repaired["registered"], repaired["num_images"], summary["registered"])
+        return summary
+    repaired["repair"] = record
+    (work / "summary.json").write_text(json.dumps(repaired, indent=1))
+    for name in _REPAIR_OUTPUTS:  # each replaced as a whole; summary.json last, it marks the repair done
+        src, dst = work / name, output / name
+        if not src.exists():
+            continue
+        if src.is_dir() and dst.exists():
+            shutil.rmtree(dst)
+        os.replace(src, dst)
+    logger.info("repair: %d/%d images registered (%d before); the repaired model replaces the output's",
+                repaired["registered"], repaired["num_images"], summary["registered"])
+    return repaired

@@ -48,6 +48,9 @@ def test_reconstruct_passes_only_given_options(monkeypatch, tmp_path):
     assert seen["mapping"] == {"mapper": "global"}
     assert seen["database"] == {"verify": False}
     assert seen["keypoints"] == {}
+    assert seen["repair"] is True
+    cli.run(["reconstruct", "--images", str(tmp_path), "--output", str(tmp_path / "o"), "--repair", "false"])
+    assert seen["repair"] is False
 
 
 def test_bool_parsing_rejects_garbage():

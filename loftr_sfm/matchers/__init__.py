@@ -102,6 +102,15 @@ class MatcherBackend:
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
 
+    @classmethod
+    def repair_options(cls, options: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Stricter backend options for the pairs of images the mapping check removed, or None.
+
+        ``reconstruct`` matches those pairs again with them (:func:`loftr_sfm.pipeline.repair_dropped_images`);
+        None (the default) means the backend has nothing stricter to offer.
+        """
+        return None
+
     @property
     def default_batch_size(self) -> int:
         """Pairs per call when the user does not choose (1 for backends that do not batch)."""
@@ -173,6 +182,11 @@ def parse_options(options: str | Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def matcher_class(name: str) -> type:
+    """The backend class registered as ``name`` (imports its module, builds nothing)."""
+    return _resolve(name)
+
+
 def build_matcher(name: str = DEFAULT_MATCHER, device: str | None = "auto", **options: Any) -> MatcherBackend:
     """Build a backend by name. ``options`` are merged strictly into the backend's ``Options``
     dataclass (unknown keys fail with the list of valid ones)."""
@@ -196,6 +210,7 @@ __all__ = [
     "available_matchers",
     "build_matcher",
     "empty_matches",
+    "matcher_class",
     "parse_options",
     "register_matcher",
     "to_original_pixels",

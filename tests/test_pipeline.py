@@ -1,0 +1,125 @@
+"""``reconstruct`` end to end, and its repair of images removed by the mapping check."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pycolmap
+import pytest
+
+from loftr_sfm.io import find_pair, names_to_pair
+from loftr_sfm.matchers import InputSpec, MatcherBackend, PairMatches, register_matcher
+from loftr_sfm.pipeline import reconstruct
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "datasets"))
+import synthetic  # noqa: E402
+
+WEAK = "img_002.png"
+
+
+@dataclass
+class ServedOptions:
+    source: str = ""  # raw matches file to serve
+    weak: str | None = None  # this image's pairs keep only `keep` matches
+    keep: int = 25
+
+
+class ServedMatcher(MatcherBackend):
+    """Test double: serves a synthetic scene's exact raw matches; ``weak`` names an image whose pairs get
+    only ``keep`` of them, so that it is registered on few points and removed by the mapping check.
+    Its "stricter" repair options serve every match (the mechanics are what is tested here)."""
+
+    name = "served"
+    Options = ServedOptions
+    calls: list[tuple[str, str]] = []
+
+    def __init__(self, options: ServedOptions | None = None, device: str = "cpu") -> None:
+        super().__init__(device)
+        self.options = options or ServedOptions()
+        self.spec = InputSpec(grayscale=True, max_side=None)
+
+    @classmethod
+    def repair_options(cls, options):
+        return {**options, "weak": None} if options.get("weak") else None
+
+    def match(self, image0, image1, size0, size1, names0=None, names1=None):
+        out = []
+        with h5py.File(self.options.source, "r") as f:
+            for a, b in zip(names0, names1):
+                key, rev = find_pair(f, a, b)
+                k0, k1, sc = (f[key][d][()] for d in ("keypoints0", "keypoints1", "scores"))
+                if rev:
+                    k0, k1 = k1, k0
+                if self.options.weak in (a, b):
+                    k0, k1, sc = k0[: self.options.keep], k1[: self.options.keep], sc[: self.options.keep]
+                out.append(PairMatches(k0, k1, sc))
+                ServedMatcher.calls.append((a, b))
+        return out
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    register_matcher("served", ServedMatcher, overwrite=True)
+    root = tmp_path_factory.mktemp("served")
+    synthetic.generate(root, synthetic.SceneConfig(num_images=6, width=320, height=240, focal=280, arc_deg=50, seed=5))
+    return root
+
+
+def _run(served: Path, out: Path, repair: bool = True, **options) -> dict:
+    opts = {"source": str(served / "matches.h5"), "weak": WEAK, **options}
+    return reconstruct(served / "images", out, pairs={"method": "exhaustive"},
+                       matching={"matcher": "served", "matcher_options": json.dumps(opts), "num_workers": 0},
+                       mapping={"refine_tracks": "off", "retry_seeds": 0}, repair=repair)
+
+
+def test_repair_matches_the_removed_images_pairs_again_and_keeps_the_better_model(served, tmp_path):
+    ServedMatcher.calls.clear()
+    before = _run(served, tmp_path / "off", repair=False)
+    assert before["registered"] == 5 and before["dropped_images"] == [WEAK] and "repair" not in before
+    assert not (tmp_path / "off" / "repair").exists()
+
+    ServedMatcher.calls.clear()
+    out = tmp_path / "on"
+    s = _run(served, out)
+    assert len(ServedMatcher.calls) == 15 + 5 and all(WEAK in p for p in ServedMatcher.calls[15:])  # its 5 pairs
+    assert s["registered"] == 6 and s["dropped_images"] == []
+    rep = s["repair"]
+    assert rep["images"] == [WEAK] and rep["pairs"] == 5 and rep["registered_before"] == 5
+    assert rep["registered_after"] == 6 and rep["matcher_options"]["weak"] is None
+    # the repaired files are the output's now, and consistent
+    assert json.loads((out / "summary.json").read_text())["repair"] == rep
+    assert pycolmap.Reconstruction(str(out / "model")).num_reg_images() == 6
+    with h5py.File(out / "matches.h5", "r") as f:
+        assert json.loads(f.attrs["matcher_options"])["weak"] == WEAK  # the file keeps what made most pairs
+        for a, b in (("img_000.png", WEAK), (WEAK, "img_005.png")):
+            g = f[names_to_pair(a, b)]
+            assert json.loads(g.attrs["matcher_options"])["weak"] is None and len(g["keypoints0"]) > 100
+        assert "matcher_options" not in f[names_to_pair("img_000.png", "img_001.png")].attrs
+    with h5py.File(out / "features.h5", "r") as f:
+        assert len(f[WEAK]["keypoints"]) > 500
+    # a rerun finds everything done: nothing matched, same model
+    ServedMatcher.calls.clear()
+    again = _run(served, out)
+    assert ServedMatcher.calls == [] and again["repair"] == rep and again["registered"] == 6
+
+
+def test_repair_keeps_the_model_when_the_stricter_matches_do_not_help(served, tmp_path):
+    # stricter options that change nothing (keep stays 25): the repaired model is no better, the output stays
+    ServedMatcher.calls.clear()
+    original = ServedMatcher.repair_options
+    ServedMatcher.repair_options = classmethod(lambda cls, o: {**o, "keep": 24})
+    try:
+        s = _run(served, tmp_path)
+    finally:
+        ServedMatcher.repair_options = original
+    assert s["registered"] == 5 and s["dropped_images"] == [WEAK] and "repair" not in s
+    assert "repair" not in json.loads((tmp_path / "summary.json").read_text())
+    assert (tmp_path / "repair" / "summary.json").is_file()  # left for inspection
+    with h5py.File(tmp_path / "matches.h5", "r") as f:
+        assert len(f[names_to_pair("img_000.png", WEAK)]["keypoints0"]) == 25
