@@ -124,10 +124,12 @@ def repair_dropped_images(output: Path, images: Path, summary: dict, matching: A
     work = output / REPAIR_DIR
     work.mkdir(exist_ok=True)
     shutil.copy2(output / PAIRS_FILE, work / PAIRS_FILE)
-    record = {"images": dropped, "matcher_options": strict}
-    marker = work / "repair.json"
+    st = (output / MATCHES_FILE).stat()
+    made_from = {"images": dropped, "matcher_options": strict, "matches": f"{st.st_size}:{st.st_mtime_ns}"}
+    marker = work / "repair.json"  # what repair/matches.h5 was made from: redone when any of it changes
     pairs = [p for p in read_pairs(work / PAIRS_FILE) if p[0] in dropped or p[1] in dropped]
-    if not marker.is_file() or json.loads(marker.read_text()) != record:
+    if (not marker.is_file() or not (work / MATCHES_FILE).is_file()
+            or json.loads(marker.read_text()) != made_from):
         logger.info("repair: %d image(s) removed by the mapping check (%s); matching their %d pairs again with %s",
                     len(dropped), ", ".join(dropped[:5]), len(pairs), strict)
         shutil.copy2(output / MATCHES_FILE, work / MATCHES_FILE)
@@ -136,10 +138,11 @@ def repair_dropped_images(output: Path, images: Path, summary: dict, matching: A
                         replace(matching, matcher_options=json.dumps(strict), weights=None, max_side=None,
                                 overwrite=True),
                         pair_attrs={"matcher_options": json.dumps(strict, sort_keys=True)})
-        marker.write_text(json.dumps(record))
+        marker.write_text(json.dumps(made_from))
         record_time = t.seconds
     else:
         record_time = 0.0
+    record = {"images": dropped, "matcher_options": strict}
     run_keypoints(work, images, merge_config(KeypointsConfig, keypoints))
     run_database(work, images, merge_config(DatabaseConfig, database))
     repaired = run_mapping(work, images, merge_config(MappingConfig, mapping))

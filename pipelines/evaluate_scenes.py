@@ -45,6 +45,7 @@ from loftr_sfm.io import atomic_path, find_pair, read_pairs, write_pairs
 from loftr_sfm.keypoints import run_keypoints
 from loftr_sfm.matching import run_matching
 from loftr_sfm.pairs import run_pairs
+from loftr_sfm.pipeline import repair_dropped_images
 from loftr_sfm.reconstruction import MappingConfig, run_mapping, track_refinement_wanted
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -128,14 +129,15 @@ def match_source(scene: str, matcher: str, methods: list[str], work: Path, num_n
 
 def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Path, num_neighbors: int,
             source: Path, match_s: float, intrinsics: str = "estimated",
-            matcher_options: str | None = None) -> list[dict]:
+            matcher_options: str | None = None, repair: bool = True) -> list[dict]:
     """Keypoints, database, mapping and evaluation of one (scene, matcher, pairs, intrinsics) cell.
 
     ``intrinsics``: ``estimated`` (the library's default camera policy: one SIMPLE_RADIAL camera
     per image, focal refined, principal point fixed at the centre), ``shared`` (one SIMPLE_RADIAL
     camera for all images, principal point refined too) or ``gt`` (one camera with the GT
     calibration, kept fixed in bundle adjustment), which removes the principal-point bias and
-    leaves the matches as the only difference between matchers.
+    leaves the matches as the only difference between matchers. ``repair``: as ``reconstruct``,
+    match the pairs of images the mapping check removed again with the backend's stricter options.
     """
     images = DATA / scene / "images"
     gt = DATA / scene / "gt"
@@ -164,6 +166,13 @@ def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Pat
             shutil.copy2(out / "database.db", mdir / "database.db")
         t1 = time.perf_counter()
         summary = run_mapping(mdir, images, {"mapper": mapper, **mapping_extra})
+        if repair and summary.get("dropped_images"):  # as `reconstruct` does; the repair reads pairs and matches
+            for name in ("pairs.txt", "matches.h5"):
+                if not (mdir / name).exists():
+                    (mdir / name).symlink_to((out / name).resolve())
+            summary = repair_dropped_images(mdir, images, summary,
+                                            {"matcher": matcher, "matcher_options": matcher_options},
+                                            {"preset": matcher}, database, {"mapper": mapper, **mapping_extra})
         map_s = time.perf_counter() - t1
         row = {"scene": scene, "matcher": matcher, "pairs": method, "intrinsics": intrinsics, "mapper": mapper,
                **model_row(summary, mdir, gt), "match_s": match_s, "map_s": map_s}
@@ -184,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-neighbors", type=int, default=10)
     ap.add_argument("--matcher-options", default=None,
                     help="backend options for every matcher, 'key=value,...' (use a separate --work per setting)")
+    ap.add_argument("--no-repair", dest="repair", action="store_false",
+                    help="do not match the pairs of images the mapping check removes again (reconstruct's repair)")
     ap.add_argument("--work", type=Path, default=Path("outputs/eval"))
     ap.add_argument("--table", type=Path, default=None, help="write the markdown table here too")
     args = ap.parse_args(argv)
@@ -202,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                 # the pair methods other than the matched one reuse its matches: no matching time
                 spent = match_s if args.work / scene / matcher / method == source else 0.0
                 for row in run_one(scene, matcher, method, args.mappers, args.work, args.num_neighbors,
-                                   source, spent, intrinsics, args.matcher_options):
+                                   source, spent, intrinsics, args.matcher_options, args.repair):
                     emit_row(row, COLUMNS, lines, args.table)
     return 0
 

@@ -116,6 +116,10 @@ def test_repair_keeps_the_model_when_the_stricter_matches_do_not_help(served, tm
     ServedMatcher.repair_options = classmethod(lambda cls, o: {**o, "keep": 24})
     try:
         s = _run(served, tmp_path)
+        assert len(ServedMatcher.calls) == 15 + 5
+        ServedMatcher.calls.clear()
+        again = _run(served, tmp_path)  # the repair folder is up to date: nothing matched again
+        assert ServedMatcher.calls == [] and again["registered"] == 5
     finally:
         ServedMatcher.repair_options = original
     assert s["registered"] == 5 and s["dropped_images"] == [WEAK] and "repair" not in s
