@@ -326,10 +326,10 @@ def test_castle_holdout_xfeat_star(tmp_path):
     assert [r.name for r in results] == queries
     ev = evaluate_localization(tmp_path / "loc" / "poses.txt", data / "gt", queries=queries, map_reconstruction=out / "model")
     assert ev.num_localized == len(queries)
-    assert ev.recall["0.25m,2deg"] >= 0.75, ev.per_query
-    # the map itself is off by ~0.7 deg / ~0.12 m (principal point fixed at the image centre,
-    # see ../shared/notes/pycolmap.md 3.5); the queries inherit that error
-    assert ev.rotation_error_median < 1.0 and ev.position_error_median < 0.2
+    assert ev.recall["0.25m,2deg"] == 1.0, ev.per_query
+    # the map's one camera has its principal point refined (auto rule; Strecha's is ~23 px off the centre):
+    # 0.23 deg / 0.033 m measured; with it fixed at the centre the map, and the queries, were off ~0.7 deg / ~0.12 m
+    assert ev.rotation_error_median < 0.5 and ev.position_error_median < 0.08
 
 
 def test_query_camera_sources(tmp_path, scene):
