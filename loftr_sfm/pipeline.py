@@ -1,4 +1,4 @@
-"""``reconstruct``: nothing but the stages in order, each timed.
+"""``reconstruct``: the stages in order, each timed, then the repair of removed images.
 
 pairs -> matches -> keypoints -> database -> reconstruction. Every stage is resumable, so
 rerunning the same command after an interruption recomputes only what is missing. Images that the
