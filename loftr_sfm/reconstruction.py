@@ -518,12 +518,17 @@ def _attempt(map_db: Path, images: Path, work: Path, mapper: str, seed: int, cfg
     """One mapper run on ``map_db``, judged on ``db_path``: (model or None, attempt record, agreement or None)."""
     t0 = time.perf_counter()
     rec, n_models = _map_once(map_db, images, work, mapper, seed, cfg)
+    return (rec, *_judge(rec, n_models, mapper, seed, t0, cfg, db_path))
+
+
+def _judge(rec, n_models: int, mapper: str, seed: int, t0: float, cfg: MappingConfig, db_path: Path):
+    """(attempt record, agreement or None) of a mapper's model ``rec`` (or None), judged on ``db_path``."""
     reg = rec.num_reg_images() if rec is not None else 0
     weak, agreement = _unsupported(rec, db_path, cfg) if rec is not None else ([], None)
     attempt = {"mapper": mapper, "seed": seed, "models": n_models, "registered": reg, "supported": reg - len(weak),
                "points": rec.num_points3D() if rec is not None else 0, "unsupported_images": weak,
                "seconds": round(time.perf_counter() - t0, 3)}
-    return rec, attempt, agreement
+    return attempt, agreement
 
 
 def _rank(attempt: dict) -> tuple[int, int]:
@@ -616,15 +621,11 @@ def _complete_second_pass(rec, attempt: dict, pruned: Path, images: Path, tmpdir
     base = pycolmap.Reconstruction(rec)  # a copy: the second-pass model stays as it was if completion fails
     drop_images(base, attempt["unsupported_images"])
     done = complete_model(base, pruned, images, tmpdir / "complete", cfg, cfg.seed)
-    reg = done.num_reg_images() if done is not None else 0
-    weak = _unsupported(done, db_path, cfg)[0] if done is not None else []
-    completed = {"mapper": f"{cfg.second_pass}+incremental", "seed": cfg.seed, "models": 1 if done else 0,
-                 "registered": reg, "supported": reg - len(weak), "points": done.num_points3D() if done else 0,
-                 "unsupported_images": weak, "seconds": round(time.perf_counter() - t0, 3),
-                 "pruned_pairs": attempt["pruned_pairs"], "chosen": False}
+    completed, _ = _judge(done, int(done is not None), f"{cfg.second_pass}+incremental", cfg.seed, t0, cfg, db_path)
+    completed.update(pruned_pairs=attempt["pruned_pairs"], chosen=False)
     attempts.append(completed)
     logger.info("mapping: second pass completed incrementally (its poses fixed): %d/%d images registered, %d supported",
-                reg, num_images, completed["supported"])
+                completed["registered"], num_images, completed["supported"])
     if done is None or completed["supported"] <= attempt["supported"]:
         return rec, attempt
     return done, completed
