@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stage(sub, "keypoints", "merge semi-dense matches into shared keypoints -> features.h5 + matches0", False)
     _add_stage(sub, "database", "write the COLMAP database and verify geometry -> database.db", True)
     _add_stage(sub, "map", "incremental or global mapping -> model/, points.ply, summary.json", True)
+    sub.choices["map"].add_argument(
+        "--start-model", type=Path, default=None, metavar="DIR",
+        help="a COLMAP model of some of the images (e.g. an earlier model/ before photos were added): keep its poses "
+             "and register the other images around them, or map from scratch if that registers too few")
 
     p = sub.add_parser("localize", help="localize new photos against a map -> poses.txt")
     p.add_argument("--map", type=Path, required=True, dest="map_dir", help="output directory of `reconstruct`")
@@ -212,7 +216,8 @@ def run(argv: list[str] | None = None) -> Any:
         fn_name = {"pairs": "run_pairs", "match": "run_matching", "keypoints": "run_keypoints",
                    "database": "run_database", "map": "run_mapping"}[cmd]
         fn = getattr(importlib.import_module(module), fn_name)
-        return fn(args.output, args.images, config_from_args(_config_class(cmd), args))
+        extra = {"start": args.start_model} if cmd == "map" and args.start_model is not None else {}
+        return fn(args.output, args.images, config_from_args(_config_class(cmd), args), **extra)
     if cmd == "localize":
         from loftr_sfm.localization import localize
 

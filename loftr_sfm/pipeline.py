@@ -3,7 +3,7 @@
 pairs -> matches -> keypoints -> database -> reconstruction. Every stage is resumable, so
 rerunning the same command after an interruption recomputes only what is missing. Images that the
 mapping check removes get one more chance: their pairs are matched again with the backend's
-stricter options and the scene is mapped again (:func:`repair_dropped_images`).
+stricter options and they are registered into the model again (:func:`repair_dropped_images`).
 """
 
 from __future__ import annotations
@@ -95,8 +95,12 @@ def repair_dropped_images(output: Path, images: Path, summary: dict, matching: A
     its two right ones. The matcher backend's :meth:`~loftr_sfm.matchers.MatcherBackend.repair_options`
     (XFeat*: the ratio test at 0.85) are applied to those images' pairs only, in ``output/repair/``
     (a copy of pairs.txt and matches.h5), then keypoints, database and mapping run there with the
-    same configs. If that registers more images, its files replace the output's (``summary.json``
-    gets a ``repair`` record, so a rerun does not repair again); otherwise the output is untouched
+    same configs. The mapping starts from the output's model (``run_mapping(start=...)``): its poses
+    are kept and the removed images registered around them, and only if that fails is the scene
+    mapped from scratch (castle-P30, sequential pairs, GT calibration: 30/30 images at 0.053 deg
+    median rotation error, AUC@1 0.907, where mapping from scratch gave 0.080 / 0.809 and the
+    29-image model 0.052 / 0.852). If that registers more images, its files replace the output's
+    (``summary.json`` gets a ``repair`` record, so a rerun does not repair again); otherwise the output is untouched
     and ``repair/`` stays for inspection (a rerun finds it up to date). Nothing is done for
     backends without stricter options (SIFT already has a ratio test).
 
@@ -145,7 +149,7 @@ def repair_dropped_images(output: Path, images: Path, summary: dict, matching: A
     record = {"images": dropped, "matcher_options": strict}
     run_keypoints(work, images, merge_config(KeypointsConfig, keypoints))
     run_database(work, images, merge_config(DatabaseConfig, database))
-    repaired = run_mapping(work, images, merge_config(MappingConfig, mapping))
+    repaired = run_mapping(work, images, merge_config(MappingConfig, mapping), start=output / "model")
     record.update(pairs=len(pairs), matching_seconds=round(record_time, 3), registered_before=summary["registered"],
                   registered_after=repaired["registered"], dropped_after=repaired.get("dropped_images", []))
     if repaired["registered"] <= summary["registered"]:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,8 +223,11 @@ def observation_errors(rec, table: TrackTable) -> np.ndarray:
 
 
 def _bundle_adjust(rec, refine_focal_length: bool, refine_principal_point: bool, refine_extra_params: bool,
-                   num_threads: int, loss_scale: float) -> None:
-    """Bundle adjustment of every registered image and point (gauge: two cameras fixed, as COLMAP's global BA)."""
+                   num_threads: int, loss_scale: float, fixed_images: Collection[int] = ()) -> None:
+    """Bundle adjustment of every registered image and point (gauge: two cameras fixed, as COLMAP's global BA).
+
+    ``fixed_images``: ids of images whose poses and cameras stay as they are (they fix the gauge then).
+    """
     import pycolmap
 
     o = pycolmap.BundleAdjustmentOptions()
@@ -240,7 +244,12 @@ def _bundle_adjust(rec, refine_focal_length: bool, refine_principal_point: bool,
     config = pycolmap.BundleAdjustmentConfig()
     for image_id in rec.reg_image_ids():
         config.add_image(image_id)
-    config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
+    fixed = [i for i in fixed_images if rec.exists_image(i) and rec.image(i).has_pose]
+    for image_id in fixed:
+        config.set_constant_rig_from_world_pose(rec.image(image_id).frame_id)
+        config.set_constant_cam_intrinsics(rec.image(image_id).camera_id)
+    if len(fixed) < 2:
+        config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
     summary = pycolmap.create_default_bundle_adjuster(o, config, rec).solve()  # (pycolmap.bundle_adjustment logs)
     if not summary.is_solution_usable():
         logger.warning("track refinement: bundle adjustment did not converge to a usable solution (%s)",
@@ -255,12 +264,14 @@ def refine_tracks(
     refine_principal_point: bool = False,
     refine_extra_params: bool = True,
     num_threads: int = -1,
+    fixed_images: Collection[int] = (),
 ) -> dict:
     """Refine the observations of ``rec`` (in place) and bundle-adjust it; see the module doc.
 
     Args:
         rec: a pycolmap.Reconstruction whose image names are relative to ``images``.
         refine_*: which intrinsics bundle adjustment may change (as in the mapping stage).
+        fixed_images: ids of images whose poses and cameras bundle adjustment keeps.
     Returns:
         statistics: observations, moved (refined non-reference observations), reference
         observations, filtered observations, mean reprojection error before and after (px).
@@ -292,13 +303,14 @@ def refine_tracks(
         points2D = rec.image(image_id).points2D
         for idx, xy in zip(table.point2D_idx[sel].tolist(), new_xy[sel]):
             points2D[idx].xy = xy
-    _bundle_adjust(rec, refine_focal_length, refine_principal_point, refine_extra_params, num_threads, cfg.loss_scale)
+    _bundle_adjust(rec, refine_focal_length, refine_principal_point, refine_extra_params, num_threads, cfg.loss_scale,
+                   fixed_images)
     errors = observation_errors(rec, dataclasses.replace(table, xy=new_xy))  # BA moves points and poses only
     threshold = max(cfg.max_reproj_error, cfg.relative_reproj_error * float(np.median(errors)))
     filtered = pycolmap.ObservationManager(rec).filter_all_points3D(threshold, cfg.min_tri_angle)
     if filtered:
         _bundle_adjust(rec, refine_focal_length, refine_principal_point, refine_extra_params, num_threads,
-                       cfg.loss_scale)
+                       cfg.loss_scale, fixed_images)
     rec.update_point_3d_errors()
     stats.update(moved=int(moved.sum()), references=int(ref.sum()), filtered=int(filtered),
                  filter_threshold=threshold,
@@ -319,10 +331,12 @@ def filter_observations(
     refine_principal_point: bool = False,
     refine_extra_params: bool = False,
     num_threads: int = -1,
+    fixed_images: Collection[int] = (),
 ) -> dict:
     """Relative outlier filtering of ``rec`` (in place): ``rounds`` times, drop the observations whose
     reprojection error exceeds ``factor`` x the median error (and points under ``min_tri_angle``
-    deg), then bundle-adjust (Huber loss at that threshold).
+    deg), then bundle-adjust (Huber loss at that threshold); the poses and cameras of the images
+    ``fixed_images`` (ids) stay as they are.
 
     For Gaussian noise the median error is 1.18 sigma, so ``factor`` 3 cuts at 3.5 sigma (0.2 % of
     the inliers); the mappers' fixed 4 px keeps wrong observations that bundle adjustment then
@@ -350,7 +364,7 @@ def filter_observations(
         stats["thresholds"].append(round(threshold, 4))
         stats["removed"].append(int(removed))
         _bundle_adjust(rec, refine_focal_length, refine_principal_point, refine_extra_params, num_threads,
-                       max(threshold, 1e-3))
+                       max(threshold, 1e-3), fixed_images)
         if removed == 0:
             break
     rec.update_point_3d_errors()

@@ -72,3 +72,23 @@ def test_bad_option_values_give_clear_error_and_exit_code(tmp_path, caplog):
     assert code == 2 and "unknown TrackRefinementConfig option(s) ['min_ncx']" in caplog.text
     code = cli.main(["map", "--images", str(tmp_path), "--output", str(out), "--refine-tracks", "maybe"])
     assert code == 2 and "unknown refine_tracks 'maybe'" in caplog.text
+
+
+def test_map_passes_a_start_model(monkeypatch, tmp_path, caplog):
+    seen = {}
+
+    import loftr_sfm.reconstruction
+
+    monkeypatch.setattr(loftr_sfm.reconstruction, "run_mapping",
+                        lambda output, images, cfg, **kw: seen.update(kw, mapper=cfg.mapper))
+    cli.run(["map", "--images", str(tmp_path), "--output", str(tmp_path), "--start-model", str(tmp_path / "old")])
+    assert seen == {"start": tmp_path / "old", "mapper": "incremental"}
+    seen.clear()
+    cli.run(["map", "--images", str(tmp_path), "--output", str(tmp_path), "--mapper", "global"])
+    assert seen == {"mapper": "global"}
+    monkeypatch.undo()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "database.db").write_bytes(b"")
+    assert cli.main(["map", "--images", str(tmp_path), "--output", str(out), "--start-model", str(tmp_path)]) == 2
+    assert f"{out / 'database.db'} is not a COLMAP database" in caplog.text  # (a bad start: test_reconstruction)

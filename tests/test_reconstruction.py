@@ -359,3 +359,69 @@ def test_principal_point_is_refined_for_shared_cameras_only():
     assert auto({1: 30}, refine_focal_length=False) is False  # a known calibration stays fixed
     assert auto({}) is False
     assert auto({1: 1}, refine_principal_point=True) is True and auto({1: 30}, refine_principal_point=False) is False
+
+
+def _simple_radial(rec):
+    """``rec`` with its cameras in the database's model (a mapper's model has it; the GT is PINHOLE)."""
+    for cam in rec.cameras.values():
+        cam.model, cam.params = "SIMPLE_RADIAL", [cam.params[0], cam.params[2], cam.params[3], 0.0]
+    return rec
+
+
+def test_a_start_model_is_extended_around_its_fixed_poses(scene, tmp_path, monkeypatch):
+    # the repair's path: a model without img_003 (removed by the check) is given as the start, and img_003 is
+    # registered into it while its poses stay as they are
+    start = _simple_radial(_gt_model_without_points_of(scene, set()))
+    reconstruction.drop_images(start, ["img_003.png"])
+    assert start.num_reg_images() == 4
+    cfg = MappingConfig(retry_seeds=0)
+    best, attempts = map_database(scene / "database.db", scene / "images", cfg, num_images=5, start=start)
+    assert [(a["mapper"], a["registered"], a["supported"], a["chosen"]) for a in attempts] == [("extend", 5, 5, True)]
+    assert attempts[0]["start_images"] == 4  # taken at once: no other attempt, no second pass
+    gt = {im.name: im.cam_from_world() for im in pycolmap.Reconstruction(str(scene / "gt")).images.values()}
+    for im in best.images.values():
+        if im.name != "img_003.png":
+            np.testing.assert_allclose(im.cam_from_world().matrix(),
+                                       start.find_image_with_name(im.name).cam_from_world().matrix(), atol=1e-9)
+    new = best.find_image_with_name("img_003.png").cam_from_world()
+    assert np.degrees((new.rotation * gt["img_003.png"].rotation.inverse()).angle()) < 0.1
+    assert np.linalg.norm(new.translation - gt["img_003.png"].translation) < 0.01
+    assert not start.find_image_with_name("img_003.png").has_pose  # the start model itself is untouched
+
+    # through the stage: the summary names its start model, a rerun with the same start or none is up to date,
+    # another start maps again
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "database.db").write_bytes((scene / "database.db").read_bytes())
+    (tmp_path / "start").mkdir()
+    start.write_binary(str(tmp_path / "start"))
+    s = run_mapping(out, scene / "images", cfg, start=tmp_path / "start")
+    assert s["registered"] == 5 and s["attempts"][0]["mapper"] == "extend"
+    assert s["track_refinement"]["moved"] > 0 and s["relative_filter"]["observations_after"] > 0
+    final = pycolmap.Reconstruction(str(out / "model"))
+    for im in final.images.values():  # the start's poses and cameras are kept through refinement and filtering too
+        if im.name != "img_003.png":
+            ref = start.find_image_with_name(im.name)
+            np.testing.assert_allclose(im.cam_from_world().matrix(), ref.cam_from_world().matrix(), atol=1e-9)
+            np.testing.assert_allclose(im.camera.params, start.cameras[ref.camera_id].params, atol=1e-9)
+    new = final.find_image_with_name("img_003.png").cam_from_world()
+    assert np.degrees((new.rotation * gt["img_003.png"].rotation.inverse()).angle()) < 0.1
+    assert s["start"] == reconstruction.model_fingerprint(start) and s["start"].startswith("4:")
+    mtime = (out / "summary.json").stat().st_mtime_ns
+    run_mapping(out, scene / "images", cfg, start=tmp_path / "start")
+    run_mapping(out, scene / "images", cfg)
+    assert (out / "summary.json").stat().st_mtime_ns == mtime
+    other = _simple_radial(_gt_model_without_points_of(scene, set()))
+    reconstruction.drop_images(other, ["img_001.png"])
+    s = run_mapping(out, scene / "images", cfg, start=other)
+    assert s["start"] == reconstruction.model_fingerprint(other) != reconstruction.model_fingerprint(start)
+    assert s["registered"] == 5 and s["attempts"][0]["start_images"] == 4
+    with pytest.raises(InputError, match="not a COLMAP model"):
+        run_mapping(out, scene / "images", cfg, start=tmp_path)
+
+    # an extension that registers nothing competes with the regular attempts, which win here
+    monkeypatch.setattr(reconstruction, "complete_model", lambda *a, **k: None)
+    best, attempts = map_database(scene / "database.db", scene / "images", cfg, num_images=5, start=start)
+    assert [(a["mapper"], a["registered"], a["chosen"]) for a in attempts][:2] == [("extend", 0, False),
+                                                                                  ("incremental", 5, True)]
+    assert best.num_reg_images() == 5
