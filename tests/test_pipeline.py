@@ -93,7 +93,8 @@ def test_repair_matches_the_removed_images_pairs_again_and_keeps_the_better_mode
     assert rep["images"] == [WEAK] and rep["pairs"] == 5 and rep["registered_before"] == 5
     assert rep["registered_after"] == 6 and rep["matcher_options"]["weak"] is None
     # registered around the poses of the model it was removed from (no new mapping from scratch)
-    assert [(a["mapper"], a["start_images"], a["chosen"]) for a in s["attempts"]] == [("extend", 5, True)]
+    assert {(a["mapper"], a["start_images"]) for a in s["attempts"]} == {("extend", 5)}
+    assert sum(a["chosen"] for a in s["attempts"]) == 1
     # the repaired files are the output's now, and consistent
     assert json.loads((out / "summary.json").read_text())["repair"] == rep
     assert pycolmap.Reconstruction(str(out / "model")).num_reg_images() == 6

@@ -376,8 +376,12 @@ def test_a_start_model_is_extended_around_its_fixed_poses(scene, tmp_path, monke
     assert start.num_reg_images() == 4
     cfg = MappingConfig(retry_seeds=0)
     best, attempts = map_database(scene / "database.db", scene / "images", cfg, num_images=5, start=start)
-    assert [(a["mapper"], a["registered"], a["supported"], a["chosen"]) for a in attempts] == [("extend", 5, 5, True)]
-    assert attempts[0]["start_images"] == 4  # taken at once: no other attempt, no second pass
+    # every try of reconstruction.EXTEND_TRIES is judged, the best is taken at once: no other attempt, no second pass
+    assert [(a["mapper"], a["seed"], a["abs_pose_max_error"], a["supported"], a["start_images"]) for a in attempts] \
+        == [("extend", seed, err, 5, 4) for seed, err in reconstruction.EXTEND_TRIES]
+    assert sum(a["chosen"] for a in attempts) == 1
+    chosen = next(a for a in attempts if a["chosen"])
+    assert chosen["new_images_agreement"] == max(a["new_images_agreement"] for a in attempts) > 0.9
     gt = {im.name: im.cam_from_world() for im in pycolmap.Reconstruction(str(scene / "gt")).images.values()}
     for im in best.images.values():
         if im.name != "img_003.png":
@@ -396,7 +400,7 @@ def test_a_start_model_is_extended_around_its_fixed_poses(scene, tmp_path, monke
     (tmp_path / "start").mkdir()
     start.write_binary(str(tmp_path / "start"))
     s = run_mapping(out, scene / "images", cfg, start=tmp_path / "start")
-    assert s["registered"] == 5 and s["attempts"][0]["mapper"] == "extend"
+    assert s["registered"] == 5 and {a["mapper"] for a in s["attempts"]} == {"extend"}
     assert s["track_refinement"]["moved"] > 0 and s["relative_filter"]["observations_after"] > 0
     final = pycolmap.Reconstruction(str(out / "model"))
     for im in final.images.values():  # the start's poses and cameras are kept through refinement and filtering too
@@ -415,13 +419,14 @@ def test_a_start_model_is_extended_around_its_fixed_poses(scene, tmp_path, monke
     reconstruction.drop_images(other, ["img_001.png"])
     s = run_mapping(out, scene / "images", cfg, start=other)
     assert s["start"] == reconstruction.model_fingerprint(other) != reconstruction.model_fingerprint(start)
-    assert s["registered"] == 5 and s["attempts"][0]["start_images"] == 4
+    assert s["registered"] == 5 and s["attempts"][0]["start_images"] == 4 and s["attempts"][0]["mapper"] == "extend"
     with pytest.raises(InputError, match="not a COLMAP model"):
         run_mapping(out, scene / "images", cfg, start=tmp_path)
 
     # an extension that registers nothing competes with the regular attempts, which win here
     monkeypatch.setattr(reconstruction, "complete_model", lambda *a, **k: None)
     best, attempts = map_database(scene / "database.db", scene / "images", cfg, num_images=5, start=start)
-    assert [(a["mapper"], a["registered"], a["chosen"]) for a in attempts][:2] == [("extend", 0, False),
-                                                                                  ("incremental", 5, True)]
+    n = len(reconstruction.EXTEND_TRIES)
+    assert [(a["mapper"], a["registered"], a["chosen"]) for a in attempts][: n + 1] == [("extend", 0, False)] * n + [
+        ("incremental", 5, True)]
     assert best.num_reg_images() == 5
