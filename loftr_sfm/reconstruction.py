@@ -50,9 +50,9 @@ of some of the images are kept and the other images registered around them (poin
 from those poses with this database's matches, then the incremental mapper with the existing frames
 fixed, :func:`extend_model`; four tries, two seeds and two registration thresholds, the one whose new
 images agree best with their verified inliers kept); taken if it supports more images than the start
-model and reaches ``min_coverage``, else the scene is mapped as usual. The start's poses and cameras stay fixed through
-track refinement and filtering too (no second pass): freed, a bundle adjustment over the freshly
-triangulated observations bends them. The repair of removed images uses it
+model and reaches ``min_coverage``, else the scene is mapped as usual. The start's poses and cameras
+stay fixed through track refinement and filtering too (no second pass): freed, a bundle adjustment
+over the freshly triangulated observations bends them. The repair of removed images uses it
 (:func:`loftr_sfm.pipeline.repair_dropped_images`).
 
 Principal point (``refine_principal_point``, default None = auto): refined when focal lengths are
