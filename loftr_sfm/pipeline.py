@@ -99,10 +99,10 @@ def repair_dropped_images(output: Path, images: Path, summary: dict, matching: A
     are kept and the removed images registered around them, and only if that fails is the scene
     mapped from scratch (castle-P30, sequential pairs, GT calibration: 30/30 images at 0.063 deg
     median rotation error, AUC@1 0.895 incremental-first, 0.050 / 0.909 global-first, where
-    mapping from scratch gave 0.080 / 0.809 and 0.078 / 0.829, and the 29-image models 0.052 / 0.852
-    and 0.056 / 0.849). If that registers more images, its files replace the output's
-    (``summary.json`` gets a ``repair`` record, so a rerun does not repair again); otherwise the output is untouched
-    and ``repair/`` stays for inspection (a rerun finds it up to date). Nothing is done for
+    mapping from scratch gave 0.080 / 0.809 and 0.078 / 0.829, and the 29-image models 0.052 /
+    0.852 and 0.056 / 0.849). If that registers more images, its files replace the output's
+    (``summary.json`` gets a ``repair`` record, so a rerun does not repair again); otherwise the
+    output is untouched and ``repair/`` stays for inspection (a rerun finds it up to date). Nothing is done for
     backends without stricter options (SIFT already has a ratio test).
 
     Returns the summary of the model now in ``output``.

@@ -1073,5 +1073,5 @@ def triangulate_from_poses(
 
 __all__ = ["MappingConfig", "MAPPERS", "run_mapping", "load_model", "map_database", "model_stats", "complete_model",
            "extend_model", "model_fingerprint", "unsupported_images", "drop_images", "Agreement", "epipolar_agreement",
-           "contradicted_pairs", "prune_pairs", "calibrate_from_model", "write_model", "triangulate_from_poses", "record_stage_time",
-           "read_stage_times"]
+           "contradicted_pairs", "prune_pairs", "calibrate_from_model", "write_model", "triangulate_from_poses",
+           "record_stage_time", "read_stage_times"]

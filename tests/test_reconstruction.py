@@ -243,9 +243,7 @@ def test_second_pass_maps_again_without_the_contradicted_pairs(scene, tmp_path, 
     # a second pass that supports fewer images is completed: the incremental mapper registers the lost image into
     # it with its poses fixed (for real, from the pruned database)
     calls.clear()
-    second = _gt_model_without_points_of(scene, {"img_003.png"})
-    for cam in second.cameras.values():  # the database's camera model (a mapper's model has it; the GT is PINHOLE)
-        cam.model, cam.params = "SIMPLE_RADIAL", [cam.params[0], cam.params[2], cam.params[3], 0.0]
+    second = _simple_radial(_gt_model_without_points_of(scene, {"img_003.png"}))
     best, attempts = map_database(db_path, scene / "images", cfg, num_images=5)
     assert [(a["mapper"], a["supported"], a["chosen"]) for a in attempts] == [
         ("incremental", 5, False), ("global", 4, False), ("global+incremental", 5, True)]
