@@ -2,8 +2,9 @@
 
 pairs -> matches -> keypoints -> database -> reconstruction. Every stage is resumable, so
 rerunning the same command after an interruption recomputes only what is missing. Images that the
-mapping check removes get one more chance: their pairs are matched again with the backend's
-stricter options and they are registered into the model again (:func:`repair_dropped_images`).
+mapping check removes, and images the mapper could not register, get one more chance: their pairs
+are matched again with the backend's stricter options and they are registered into the model again
+(:func:`repair_dropped_images`).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def reconstruct(
         images: folder of photos (sub-folders allowed; image names are relative POSIX paths).
         output: output directory (pairs.txt, matches.h5, features.h5, database.db, model/, ...).
         pairs, matching, keypoints, database, mapping: the stages' configs (dataclass, dict or None).
-        repair: match the pairs of images the mapping check removes again with the backend's stricter
-            options and keep the result if it registers more images (:func:`repair_dropped_images`).
+        repair: match the pairs of images the mapping check removes (or the mapper does not register)
+            again with the backend's stricter options and keep the result if it registers more images
+            (:func:`repair_dropped_images`).
     Returns:
         The mapping summary (registered/total images, points, track length, reprojection error,
         per-stage times; also saved as ``summary.json``). The model itself:
@@ -87,12 +89,14 @@ _REPAIR_OUTPUTS = ("matches.h5", "features.h5", "database.db", ".database.json",
 
 def repair_dropped_images(output: Path, images: Path, summary: dict, matching: Any = None, keypoints: Any = None,
                           database: Any = None, mapping: Any = None) -> dict:
-    """Match the pairs of the images the mapping check removed again, stricter, and map again.
+    """Match the pairs of the images missing from the model again, stricter, and map again.
 
     An image that the check removes (``summary["dropped_images"]``) was placed where its verified
     matches contradict it, typically pulled by pairs of look-alike structure: castle-P30 with
     sequential pairs, XFeat*: image 0029 has eight wrong pairs with 1,203 inliers against 659 in
-    its two right ones. The matcher backend's :meth:`~loftr_sfm.matchers.MatcherBackend.repair_options`
+    its two right ones. The same pairs can keep it from being registered at all (the global
+    mapper's second pass, completed incrementally, left 0029 out), so every image without a pose
+    (``summary["unregistered_images"]``, the removed ones included) that has a pair is repaired. The matcher backend's :meth:`~loftr_sfm.matchers.MatcherBackend.repair_options`
     (XFeat*: the ratio test at 0.85) are applied to those images' pairs only, in ``output/repair/``
     (a copy of pairs.txt and matches.h5), then keypoints, database and mapping run there with the
     same configs. The mapping starts from the output's model (``run_mapping(start=...)``): its poses
@@ -116,14 +120,18 @@ def repair_dropped_images(output: Path, images: Path, summary: dict, matching: A
     from loftr_sfm.utils import merge_config
 
     output, images = Path(output), Path(images)
-    dropped = sorted(summary.get("dropped_images") or [])
-    if not dropped or summary.get("repair"):
+    missing = set(summary.get("unregistered_images", summary.get("dropped_images")) or [])
+    if not missing or summary.get("repair"):
+        return summary
+    # images in no pair have nothing to match again
+    dropped = sorted({n for p in read_pairs(output / PAIRS_FILE) for n in p} & missing)
+    if not dropped:
         return summary
     matching = merge_config(MatchingConfig, matching)
     options = backend_options(matching)
     strict = matcher_class(matching.matcher).repair_options(options)
     if strict is None:
-        logger.info("repair: matcher %s has no stricter options, %d removed image(s) stay out", matching.matcher,
+        logger.info("repair: matcher %s has no stricter options, %d missing image(s) stay out", matching.matcher,
                     len(dropped))
         return summary
     work = output / REPAIR_DIR
@@ -135,7 +143,7 @@ def repair_dropped_images(output: Path, images: Path, summary: dict, matching: A
     pairs = [p for p in read_pairs(work / PAIRS_FILE) if p[0] in dropped or p[1] in dropped]
     if (not marker.is_file() or not (work / MATCHES_FILE).is_file()
             or json.loads(marker.read_text()) != made_from):
-        logger.info("repair: %d image(s) removed by the mapping check (%s); matching their %d pairs again with %s",
+        logger.info("repair: %d image(s) missing from the model (%s); matching their %d pairs again with %s",
                     len(dropped), ", ".join(dropped[:5]), len(pairs), strict)
         shutil.copy2(output / MATCHES_FILE, work / MATCHES_FILE)
         with Timer() as t:

@@ -739,19 +739,28 @@ def map_database(db_path: Path, images: Path, cfg: MappingConfig, num_images: in
 def _extend(start, db_path: Path, images: Path, work: Path, cfg: MappingConfig, attempts: list[dict],
             num_images: int):
     """The tries of :func:`extend_model`, each judged and appended to ``attempts``; (best model or None, its record)."""
+    tries = extend_model(start, db_path, images, work, cfg, EXTEND_TRIES)
+    return _best_try(tries, start, "extend", cfg, db_path, attempts, num_images)
+
+
+def _best_try(tries, start, mapper: str, cfg: MappingConfig, db_path: Path, attempts: list[dict], num_images: int):
+    """Judge each ``(seed, abs_pose_max_error, model or None)`` of ``tries`` (models that register images
+    around the fixed poses of ``start``) on ``db_path``, append its record to ``attempts``; returns
+    (best model or None, its record, marked chosen): most supported images, then the highest mean
+    agreement of the images ``start`` lacks (:meth:`Agreement.per_image`)."""
     kept = {im.name for im in start.images.values() if im.has_pose}
     best, best_attempt, best_key = None, None, None
     t0 = time.perf_counter()
-    for seed, max_error, rec in extend_model(start, db_path, images, work, cfg, EXTEND_TRIES):
-        attempt, agreement = _judge(rec, int(rec is not None), "extend", seed, t0, cfg, db_path)
+    for seed, max_error, rec in tries:
+        attempt, agreement = _judge(rec, int(rec is not None), mapper, seed, t0, cfg, db_path)
         new = sorted({im.name for im in rec.images.values() if im.has_pose} - kept) if rec is not None else []
         per_image = agreement.per_image(cfg.min_link_inliers) if agreement is not None else {}
         score = float(np.mean([per_image.get(n, 0.0) for n in new])) if new else 0.0
         attempt.update(start_images=len(kept), abs_pose_max_error=max_error, new_images_agreement=round(score, 4),
                        chosen=False)
         attempts.append(attempt)
-        logger.info("mapping: %d/%d images registered around the fixed poses of the %d-image start model (seed %d, "
-                    "threshold %s px), %d supported, the new ones agreeing %.1f %%", attempt["registered"],
+        logger.info("mapping (%s): %d/%d images registered around the fixed poses of a %d-image model (seed %d, "
+                    "threshold %s px), %d supported, the new ones agreeing %.1f %%", mapper, attempt["registered"],
                     num_images, len(kept), seed, max_error or 12, attempt["supported"], 100 * score)
         key = (attempt["supported"], score)
         if rec is not None and (best_key is None or key > best_key):
@@ -808,19 +817,24 @@ def _complete_second_pass(rec, attempt: dict, pruned: Path, images: Path, tmpdir
 
     The global mapper places an image held by few pairs badly, or not at all: castle-P30 with the
     ratio test, image 0029 keeps two right pairs after pruning (91 and 168 inliers) and GLOMAP puts
-    it where 5 of its points agree with nothing. Its unsupported images are removed and the
-    incremental mapper registers them from the pruned database with the global model's poses fixed.
-    Returns the completed model and its attempt record if it supports more images, else the input.
+    it where 5 of its points agree with nothing; on fox (XFeat*, sequential pairs) it turns the
+    video's second half. Its unsupported images are removed and the incremental mapper registers
+    them from the pruned database with the global model's poses fixed, once per try of
+    :data:`EXTEND_TRIES` (seeds and registration thresholds, as :func:`extend_model`), the best
+    kept (:func:`_best_try`). Returns the completed model and its attempt record if it supports
+    more images, else the input.
     """
     import pycolmap
 
-    t0 = time.perf_counter()
     base = pycolmap.Reconstruction(rec)  # a copy: the second-pass model stays as it was if completion fails
     drop_images(base, attempt["unsupported_images"])
-    done = complete_model(base, pruned, images, tmpdir / "complete", cfg, cfg.seed)
-    completed, _ = _judge(done, int(done is not None), f"{cfg.second_pass}+incremental", cfg.seed, t0, cfg, db_path)
+    tries = ((cfg.seed + offset, max_error,
+              complete_model(base, pruned, images, tmpdir / f"complete{k}", cfg, cfg.seed + offset, max_error))
+             for k, (offset, max_error) in enumerate(EXTEND_TRIES))
+    done, completed = _best_try(tries, base, f"{cfg.second_pass}+incremental", cfg, db_path, attempts, num_images)
+    if completed is None:
+        return rec, attempt
     completed.update(pruned_pairs=attempt["pruned_pairs"], chosen=False)
-    attempts.append(completed)
     logger.info("mapping: second pass completed incrementally (its poses fixed): %d/%d images registered, %d supported",
                 completed["registered"], num_images, completed["supported"])
     if done is None or completed["supported"] <= attempt["supported"]:
@@ -1040,6 +1054,7 @@ def run_mapping(
             pass
     with pycolmap.Database.open(str(db_path)) as db:
         num_images = db.num_images()
+        db_names = sorted(im.name for im in db.read_all_images())
     with Timer() as t:
         rec, attempts = map_database(db_path, images, cfg, num_images, start)
         weak = next((a["unsupported_images"] for a in attempts if a.get("chosen")), [])
@@ -1077,6 +1092,9 @@ def run_mapping(
         **stats,
         "unsupported_images": weak,
         "dropped_images": weak if cfg.drop_unsupported else [],
+        # every database image without a pose in the written model (the dropped ones included)
+        "unregistered_images": sorted(set(db_names) - ({im.name for im in rec.images.values() if im.has_pose}
+                                                       if rec is not None else set())),
         "registered_fraction": stats["registered"] / max(num_images, 1),
         "mapper": cfg.mapper,
         "attempts": attempts,

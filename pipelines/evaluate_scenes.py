@@ -166,7 +166,7 @@ def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Pat
             shutil.copy2(out / "database.db", mdir / "database.db")
         t1 = time.perf_counter()
         summary = run_mapping(mdir, images, {"mapper": mapper, **mapping_extra})
-        if repair and summary.get("dropped_images"):  # as `reconstruct` does; the repair reads pairs and matches
+        if repair and summary.get("unregistered_images"):  # as `reconstruct` does; the repair reads pairs and matches
             for name in ("pairs.txt", "matches.h5"):
                 if not (mdir / name).exists():
                     (mdir / name).symlink_to((out / name).resolve())

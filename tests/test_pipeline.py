@@ -130,3 +130,14 @@ def test_repair_keeps_the_model_when_the_stricter_matches_do_not_help(served, tm
     assert (tmp_path / "repair" / "summary.json").is_file()  # left for inspection
     with h5py.File(tmp_path / "matches.h5", "r") as f:
         assert len(f[names_to_pair("img_000.png", WEAK)]["keypoints0"]) == 25
+
+
+def test_repair_also_registers_an_image_the_mapper_left_out(served, tmp_path):
+    """Too few matches to verify any of its pairs: never registered, not dropped; the repair matches it again."""
+    before = _run(served, tmp_path / "off", repair=False, keep=8)
+    assert before["registered"] == 5 and before["dropped_images"] == [] and before["unregistered_images"] == [WEAK]
+    ServedMatcher.calls.clear()
+    s = _run(served, tmp_path / "on", keep=8)
+    assert len(ServedMatcher.calls) == 15 + 5 and all(WEAK in p for p in ServedMatcher.calls[15:])
+    assert s["registered"] == 6 and s["unregistered_images"] == [] and s["repair"]["images"] == [WEAK]
+    assert pycolmap.Reconstruction(str(tmp_path / "on" / "model")).num_reg_images() == 6
