@@ -97,6 +97,12 @@ def coarse_match(
 
         row_lse = torch.zeros(L0, device=device)
         col_lse = torch.zeros(L1, device=device)
+        # kept apart too: P = exp((S - max) - log sum) does not round S - lse at the magnitude of the max
+        # (logits reach the hundreds; the original's softmax subtracts the max first, as here)
+        row_max = torch.zeros(L0, device=device)
+        row_log = torch.zeros(L0, device=device)
+        col_max = torch.zeros(L1, device=device)
+        col_log = torch.zeros(L1, device=device)
         if not skip_softmax:
             # pass 1: row log-sum-exp (complete per block), column log-sum-exp (online over blocks)
             col_max = torch.full((L1,), -math.inf, device=device)
@@ -104,11 +110,14 @@ def coarse_match(
             for lo, hi in blocks:
                 s = block_sim(lo, hi)
                 rm = s.amax(dim=1)
-                row_lse[lo:hi] = rm + torch.log((s - rm[:, None]).exp_().sum(dim=1))
+                row_max[lo:hi] = rm
+                row_log[lo:hi] = torch.log((s - rm[:, None]).exp_().sum(dim=1))
+                row_lse[lo:hi] = rm + row_log[lo:hi]
                 new_max = torch.maximum(col_max, s.amax(dim=0))
                 col_sum = col_sum * torch.exp(col_max - new_max) + (s - new_max[None, :]).exp_().sum(dim=0)
                 col_max = new_max
-            col_lse = col_max + torch.log(col_sum)
+            col_log = torch.log(col_sum)
+            col_lse = col_max + col_log
 
         def log_conf(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
             """(log P, S) of rows lo:hi; log P = (S - lse_row) + (S - lse_col) (P = S with skip_softmax)."""
@@ -120,7 +129,7 @@ def coarse_match(
         def conf_from(s: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
             if skip_softmax:
                 return s
-            return torch.exp(s - row_lse[i]) * torch.exp(s - col_lse[j])
+            return torch.exp((s - row_max[i]) - row_log[i]) * torch.exp((s - col_max[j]) - col_log[j])
 
         # pass 2 (log domain, monotonic): row max + first argmax, column max, rows whose max is tied
         best = torch.empty(L0, device=device)
