@@ -92,22 +92,23 @@ def repair_dropped_images(output: Path, images: Path, summary: dict, matching: A
     """Match the pairs of the images missing from the model again, stricter, and map again.
 
     An image that the check removes (``summary["dropped_images"]``) was placed where its verified
-    matches contradict it, typically pulled by pairs of look-alike structure: castle-P30 with
-    sequential pairs, XFeat*: image 0029 has eight wrong pairs with 1,203 inliers against 659 in
-    its two right ones. The same pairs can keep it from being registered at all (the global
-    mapper's second pass, completed incrementally, left 0029 out), so every image without a pose
-    (``summary["unregistered_images"]``, the removed ones included) that has a pair is repaired. The matcher backend's :meth:`~loftr_sfm.matchers.MatcherBackend.repair_options`
-    (XFeat*: the ratio test at 0.85) are applied to those images' pairs only, in ``output/repair/``
-    (a copy of pairs.txt and matches.h5), then keypoints, database and mapping run there with the
-    same configs. The mapping starts from the output's model (``run_mapping(start=...)``): its poses
-    are kept and the removed images registered around them, and only if that fails is the scene
-    mapped from scratch (castle-P30, sequential pairs, GT calibration: 30/30 images at 0.063 deg
-    median rotation error, AUC@1 0.895 incremental-first, 0.050 / 0.909 global-first, where
-    mapping from scratch gave 0.080 / 0.809 and 0.078 / 0.829, and the 29-image models 0.052 /
-    0.852 and 0.056 / 0.849). If that registers more images, its files replace the output's
-    (``summary.json`` gets a ``repair`` record, so a rerun does not repair again); otherwise the
-    output is untouched and ``repair/`` stays for inspection (a rerun finds it up to date). Nothing is done for
-    backends without stricter options (SIFT already has a ratio test).
+    matches contradict it, typically pulled by pairs of look-alike structure: castle-P30 with sequential
+    pairs, XFeat*: image 0029 has eight wrong pairs with 1,203 inliers against 659 in its two right
+    ones. The same pairs can keep it from being registered at all (the global mapper's second pass,
+    completed incrementally, left 0029 out), so every image without a pose
+    (``summary["unregistered_images"]``, the removed ones included) that has a pair is repaired. The
+    matcher backend's :meth:`~loftr_sfm.matchers.MatcherBackend.repair_options` (XFeat*: the ratio test
+    at 0.85) are applied to those images' pairs only, in ``output/repair/`` (a copy of pairs.txt and
+    matches.h5), then keypoints, database and mapping run there with the same configs. The mapping
+    starts from the output's model (``run_mapping(start=...)``): its poses are kept and the removed
+    images registered around them, and only if that fails is the scene mapped from scratch (castle-P30,
+    sequential pairs, GT calibration: 30/30 images at 0.063 deg median rotation error, AUC@1 0.895
+    incremental-first, 0.050 / 0.909 global-first, where mapping from scratch gave 0.080 / 0.809 and
+    0.078 / 0.829, and the 29-image models 0.052 / 0.852 and 0.056 / 0.849). If that registers more
+    images, its files replace the output's (``summary.json`` gets a ``repair`` record, so a rerun does
+    not repair again); otherwise the output is untouched and ``repair/`` stays for inspection (a rerun
+    finds it up to date). Nothing is done for backends without stricter options (SIFT already has a
+    ratio test).
 
     Returns the summary of the model now in ``output``.
     """
