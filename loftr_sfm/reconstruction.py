@@ -623,8 +623,8 @@ def complete_model(rec, db_path: Path, images: Path, work: Path, cfg: MappingCon
     images are registered from their 2D-3D matches, new points are triangulated, and bundle
     adjustment moves only the new images and the points. ``rec`` itself is not modified. Fixed
     images are not guaranteed to stay: from fox's pruned database (XFeat*, sequential pairs) the
-    mapper registered 30 new images and dropped 16 of the 36 it was given (their points filtered
-    away); from the full database it kept all of them.
+    mapper registered 30 new images and dropped 16 of the 36 it was given (why is not known); from
+    the full database it kept all of them.
     ``abs_pose_max_error``: RANSAC threshold (px) of the registrations (None: pycolmap's 12 px).
     """
     import pycolmap
