@@ -200,13 +200,15 @@ def model_stats(rec) -> dict:
     }
 
 
-def _bridges(num_nodes: int, ia: np.ndarray, ib: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _bridges(num_nodes: int, ia: np.ndarray, ib: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Bridges of an undirected simple graph (edges ``ia[k]-ib[k]``), by an iterative depth-first search.
 
-    Returns ``(edges, child, tin, tout)``: the indices of the bridge edges, the endpoint of each
-    that lies deeper in the search tree, and each node's entry and exit times (the nodes of the
+    Returns ``(edges, child, tin, tout, root)``: the indices of the bridge edges, the endpoint of
+    each that lies deeper in the search tree, each node's entry and exit times (the nodes of the
     subtree below ``child[j]``, which removing bridge ``j`` cuts off, are those with
-    ``tin[child[j]] <= tin < tout[child[j]]``). O(nodes + edges).
+    ``tin[child[j]] <= tin < tout[child[j]]``) and the root of its tree (its connected
+    component). O(nodes + edges).
     """
     m = len(ia)
     ends = np.concatenate([ia, ib])
@@ -219,12 +221,14 @@ def _bridges(num_nodes: int, ia: np.ndarray, ib: np.ndarray) -> tuple[np.ndarray
     tin = [-1] * num_nodes
     low = [0] * num_nodes
     tout = [0] * num_nodes
+    root_of = [0] * num_nodes
     bridges: list[tuple[int, int]] = []
     timer = 0
     for root in range(num_nodes):
         if tin[root] >= 0:
             continue
         tin[root] = low[root] = timer
+        root_of[root] = root
         timer += 1
         stack = [(root, -1, start[root])]  # (node, edge it was entered by, next neighbour slot)
         while stack:
@@ -236,6 +240,7 @@ def _bridges(num_nodes: int, ia: np.ndarray, ib: np.ndarray) -> tuple[np.ndarray
                     continue
                 if tin[nxt] < 0:
                     tin[nxt] = low[nxt] = timer
+                    root_of[nxt] = root
                     timer += 1
                     stack.append((nxt, e, start[nxt]))
                 else:
@@ -250,7 +255,7 @@ def _bridges(num_nodes: int, ia: np.ndarray, ib: np.ndarray) -> tuple[np.ndarray
                     bridges.append((via, node))
     edges = np.array([b[0] for b in bridges], np.int64)
     child = np.array([b[1] for b in bridges], np.int64)
-    return edges, child, np.array(tin, np.int64), np.array(tout, np.int64)
+    return edges, child, np.array(tin, np.int64), np.array(tout, np.int64), np.array(root_of, np.int64)
 
 
 def _bridge_cuts(num_nodes: int, ia: np.ndarray, ib: np.ndarray, links: np.ndarray, weigh: np.ndarray,
@@ -267,16 +272,11 @@ def _bridge_cuts(num_nodes: int, ia: np.ndarray, ib: np.ndarray, links: np.ndarr
         sums of ``values`` over the ``weigh`` pairs between the two sides of each bridge (the
         bridge itself included when it is a ``weigh`` pair). O(B * P) time, O(P) memory.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     sel = np.flatnonzero(links)
-    edges, child, tin, tout = _bridges(num_nodes, ia[sel], ib[sel])
+    edges, child, tin, tout, comp = _bridges(num_nodes, ia[sel], ib[sel])
     sums = np.zeros((len(edges), values.shape[1]), np.float64)
     if not len(edges):
         return edges, sums
-    graph = coo_matrix((np.ones(len(sel)), (ia[sel], ib[sel])), shape=(num_nodes, num_nodes))
-    _, comp = connected_components(graph, directed=False)
     w = np.flatnonzero(weigh & (comp[ia] == comp[ib]))  # a pair between two components crosses no bridge
     ta, tb, vw = tin[ia[w]], tin[ib[w]], values[w]
     for j, v in enumerate(child):
@@ -840,12 +840,12 @@ def _complete_second_pass(rec, attempt: dict, pruned: Path, images: Path, tmpdir
               complete_model(base, pruned, images, tmpdir / f"complete{k}", cfg, cfg.seed + offset, max_error))
              for k, (offset, max_error) in enumerate(EXTEND_TRIES))
     done, completed = _best_try(tries, base, f"{cfg.second_pass}+incremental", cfg, db_path, attempts, num_images)
-    if completed is None:
+    if done is None:  # no try gave a model
         return rec, attempt
     completed.update(pruned_pairs=attempt["pruned_pairs"], chosen=False)
     logger.info("mapping: second pass completed incrementally (its poses fixed): %d/%d images registered, %d supported",
                 completed["registered"], num_images, completed["supported"])
-    if done is None or completed["supported"] <= attempt["supported"]:
+    if completed["supported"] <= attempt["supported"]:
         return rec, attempt
     return done, completed
 
@@ -1061,8 +1061,8 @@ def run_mapping(
         except (OSError, ValueError):
             pass
     with pycolmap.Database.open(str(db_path)) as db:
-        num_images = db.num_images()
         db_names = sorted(im.name for im in db.read_all_images())
+    num_images = len(db_names)
     with Timer() as t:
         rec, attempts = map_database(db_path, images, cfg, num_images, start)
         weak = next((a["unsupported_images"] for a in attempts if a.get("chosen")), [])

@@ -191,8 +191,10 @@ def test_bridges_match_brute_force_on_random_graphs():
         if not pairs:
             continue
         ia, ib = np.array(sorted(pairs)).T
-        edges, child, tin, tout = _bridges(n, ia, ib)
+        edges, child, tin, tout, root = _bridges(n, ia, ib)
         base = count(n, ia, ib)
+        labels = connected_components(coo_matrix((np.ones(len(ia)), (ia, ib)), shape=(n, n)), directed=False)[1]
+        assert np.array_equal(labels[:, None] == labels[None, :], root[:, None] == root[None, :])
         expected = [k for k in range(len(ia)) if count(n, np.delete(ia, k), np.delete(ib, k)) > base]
         assert sorted(edges.tolist()) == expected
         found += len(expected)
