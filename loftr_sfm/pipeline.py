@@ -124,8 +124,8 @@ def repair_dropped_images(output: Path, images: Path, summary: dict, matching: A
     missing = set(summary.get("unregistered_images", summary.get("dropped_images")) or [])
     if not missing or summary.get("repair"):
         return summary
-    # images in no pair have nothing to match again
-    dropped = sorted({n for p in read_pairs(output / PAIRS_FILE) for n in p} & missing)
+    pairs = [p for p in read_pairs(output / PAIRS_FILE) if p[0] in missing or p[1] in missing]
+    dropped = sorted({n for p in pairs for n in p} & missing)  # images in no pair have nothing to match again
     if not dropped:
         return summary
     matching = merge_config(MatchingConfig, matching)
@@ -141,7 +141,6 @@ def repair_dropped_images(output: Path, images: Path, summary: dict, matching: A
     st = (output / MATCHES_FILE).stat()
     made_from = {"images": dropped, "matcher_options": strict, "matches": f"{st.st_size}:{st.st_mtime_ns}"}
     marker = work / "repair.json"  # what repair/matches.h5 was made from: redone when any of it changes
-    pairs = [p for p in read_pairs(work / PAIRS_FILE) if p[0] in dropped or p[1] in dropped]
     if (not marker.is_file() or not (work / MATCHES_FILE).is_file()
             or json.loads(marker.read_text()) != made_from):
         logger.info("repair: %d image(s) missing from the model (%s); matching their %d pairs again with %s",
