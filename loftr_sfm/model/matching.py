@@ -95,10 +95,8 @@ def coarse_match(
                 cache[lo] = s
             return s
 
-        row_lse = torch.zeros(L0, device=device)
-        col_lse = torch.zeros(L1, device=device)
-        # kept apart too: P = exp((S - max) - log sum) does not round S - lse at the magnitude of the max
-        # (logits reach the hundreds; the original's softmax subtracts the max first, as here)
+        # max and log-sum kept apart: P = exp((S - max) - log sum) does not round S - lse at the magnitude
+        # of the max (logits reach the hundreds; the original's softmax subtracts the max first, as here)
         row_max = torch.zeros(L0, device=device)
         row_log = torch.zeros(L0, device=device)
         col_max = torch.zeros(L1, device=device)
@@ -112,12 +110,11 @@ def coarse_match(
                 rm = s.amax(dim=1)
                 row_max[lo:hi] = rm
                 row_log[lo:hi] = torch.log((s - rm[:, None]).exp_().sum(dim=1))
-                row_lse[lo:hi] = rm + row_log[lo:hi]
                 new_max = torch.maximum(col_max, s.amax(dim=0))
                 col_sum = col_sum * torch.exp(col_max - new_max) + (s - new_max[None, :]).exp_().sum(dim=0)
                 col_max = new_max
             col_log = torch.log(col_sum)
-            col_lse = col_max + col_log
+        row_lse, col_lse = row_max + row_log, col_max + col_log  # the log-sum-exps, for the selection in log P
 
         def log_conf(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
             """(log P, S) of rows lo:hi; log P = (S - lse_row) + (S - lse_col) (P = S with skip_softmax)."""
