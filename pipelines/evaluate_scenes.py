@@ -129,7 +129,8 @@ def match_source(scene: str, matcher: str, methods: list[str], work: Path, num_n
 
 def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Path, num_neighbors: int,
             source: Path, match_s: float, intrinsics: str = "estimated",
-            matcher_options: str | None = None, repair: bool = True) -> list[dict]:
+            matcher_options: str | None = None, repair: bool = True,
+            camera_model: str = "SIMPLE_RADIAL") -> list[dict]:
     """Keypoints, database, mapping and evaluation of one (scene, matcher, pairs, intrinsics) cell.
 
     ``intrinsics``: ``estimated`` (the library's default camera policy: one SIMPLE_RADIAL camera
@@ -138,11 +139,15 @@ def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Pat
     calibration, kept fixed in bundle adjustment), which removes the principal-point bias and
     leaves the matches as the only difference between matchers. ``repair``: as ``reconstruct``,
     match the pairs of images the mapping check removed again with the backend's stricter options.
+    ``camera_model``: the COLMAP model of the estimated cameras (``estimated`` and ``shared``); runs
+    with another model than SIMPLE_RADIAL go to their own folders (``<pairs>_shared_radial``, ...).
     """
     images = DATA / scene / "images"
     gt = DATA / scene / "gt"
     base = work / scene / matcher
     out = base / {"estimated": method, "gt": f"{method}_gtK", "shared": f"{method}_shared"}[intrinsics]
+    if intrinsics != "gt" and camera_model != "SIMPLE_RADIAL":
+        out = out.with_name(f"{out.name}_{camera_model.lower()}")
     run_pairs(out, images, {"method": method, "num_neighbors": num_neighbors})
     if out != source:
         copy_raw_matches(source / "matches.h5", out / "matches.h5", read_pairs(out / "pairs.txt"))
@@ -156,7 +161,9 @@ def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Pat
         database, fixed = known_intrinsics(*gt_camera_params(gt))
         mapping_extra.update(fixed)
     elif intrinsics == "shared":
-        database = {"camera_mode": "single"}
+        database = {"camera_mode": "single", "camera_model": camera_model}
+    else:
+        database = {"camera_model": camera_model}
     run_database(out, images, database)
     rows = []
     for mapper in mappers:
@@ -174,7 +181,8 @@ def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Pat
                                             {"matcher": matcher, "matcher_options": matcher_options},
                                             {"preset": matcher}, database, {"mapper": mapper, **mapping_extra})
         map_s = time.perf_counter() - t1
-        row = {"scene": scene, "matcher": matcher, "pairs": method, "intrinsics": intrinsics, "mapper": mapper,
+        label = intrinsics if intrinsics == "gt" or camera_model == "SIMPLE_RADIAL" else f"{intrinsics} {camera_model}"
+        row = {"scene": scene, "matcher": matcher, "pairs": method, "intrinsics": label, "mapper": mapper,
                **model_row(summary, mdir, gt), "match_s": match_s, "map_s": map_s}
         rows.append(row)
         (mdir / "evaluation.json").write_text(json.dumps(row, indent=1, default=str))
@@ -190,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--intrinsics", nargs="+", default=["estimated"], choices=["estimated", "shared", "gt"],
                     help="camera policy: estimated (library default), shared (one estimated camera) and/or gt "
                          "(GT calibration, fixed)")
+    ap.add_argument("--camera-model", default="SIMPLE_RADIAL",
+                    help="COLMAP model of the estimated cameras (estimated and shared intrinsics), e.g. RADIAL")
     ap.add_argument("--num-neighbors", type=int, default=10)
     ap.add_argument("--matcher-options", default=None,
                     help="backend options for every matcher, 'key=value,...' (use a separate --work per setting)")
@@ -213,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                 # the pair methods other than the matched one reuse its matches: no matching time
                 spent = match_s if args.work / scene / matcher / method == source else 0.0
                 for row in run_one(scene, matcher, method, args.mappers, args.work, args.num_neighbors,
-                                   source, spent, intrinsics, args.matcher_options, args.repair):
+                                   source, spent, intrinsics, args.matcher_options, args.repair,
+                                   args.camera_model):
                     emit_row(row, COLUMNS, lines, args.table)
     return 0
 
