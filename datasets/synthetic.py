@@ -44,6 +44,7 @@ class SceneConfig:
     height: int = 360
     focal: float = 400.0  # px
     principal_offset: tuple[float, float] = (0.0, 0.0)  # px, principal point minus the image centre (x, y)
+    focals: dict = field(default_factory=dict)  # {index: focal} images taken with another focal length (px)
     radius: float = 6.0  # camera distance to the scene centre
     arc_deg: float = 80.0  # cameras spread over this arc
     seed: int = 0
@@ -176,7 +177,7 @@ def make_cameras(cfg: SceneConfig, rng: np.random.Generator) -> list[Cam]:
             w, h = cfg.sizes.get(i, cfg.sizes.get(str(i)))
         if i in cfg.portrait:
             w, h = h, w
-        f = cfg.focal * max(w, h) / max(cfg.width, cfg.height)
+        f = cfg.focals.get(i, cfg.focals.get(str(i), cfg.focal)) * max(w, h) / max(cfg.width, cfg.height)
         if cfg.subfolders:
             name = f"{'ab'[i % 2]}/img_{i // 2:03d}.png"
         else:

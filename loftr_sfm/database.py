@@ -8,10 +8,11 @@ stage) and ``output/pairs.txt``; writes ``output/database.db`` with
   else 1.2 * max(w, h) (COLMAP's default, no prior). User-given ``camera_model`` +
   ``camera_params`` (e.g. PINHOLE "fx,fy,cx,cy" in COLMAP's convention) are used as-is for every
   camera and mark the focal length as known (which also fixes the principal point, since COLMAP
-  does not refine it by default). Photos from one camera without EXIF are better mapped with
-  ``camera_mode single`` (or ``per_folder``): the mapping stage then refines the shared camera's
-  principal point too (its auto rule), which one camera per image cannot (castle-P30, XFeat*:
-  median rotation error 0.64 -> 0.047 deg).
+  does not refine it by default). Photos from one camera without EXIF get one camera each here;
+  the mapping stage gives images whose estimated cameras agree one camera afterwards
+  (``share_cameras``) and refines its principal point, which one camera per image cannot. Stating
+  it with ``camera_mode single`` (or ``per_folder``) does that from the start (castle-P30,
+  XFeat*: median rotation error 0.64 -> 0.047 deg).
 * images: ``write_image`` by name (ids are assigned by the database; everything downstream maps
   by name, never by id).
 * keypoints: features.h5 coordinates + 0.5 (OpenCV pixel centres -> COLMAP convention).

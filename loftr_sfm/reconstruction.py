@@ -66,6 +66,20 @@ one camera per image 1.75 deg median rotation error, one shared camera 0.028 deg
 point found within 0.4 px. herzjesu-P8 (XFeat*, principal point ~23 px off): 0.47 -> 0.057 deg,
 SIFT 0.42 -> 0.18 (``camera_mode single``); castle-P30 exhaustive XFeat* 0.64 -> 0.047 deg.
 
+Shared cameras (``share_cameras``, default on): images without EXIF get one camera each from the
+database stage (COLMAP's default), so their principal points stay at the image centre. Once the
+model is chosen, images of one size whose estimated focal lengths run together (consecutive values
+within ``share_cameras_tolerance``, 3 %; at least 5 images) get one camera, bundle-adjusted with
+its principal point refined by the auto rule; a group whose reprojection error rises by more than
+10 % keeps its cameras (:func:`share_cameras`). It runs again after track refinement, whose
+cleaner observations bring images whose focal length the mapper left off into the group
+(castle-P30, retrieval pairs: two images 8-12 % off, held alone, kept the median rotation error at
+0.30 deg; joined, 0.050). Track refinement and filtering refine the principal point if every
+camera of the model is then shared by at least 5 images. Rendered scene with the principal point
+(18, -12) px off: 1.77 -> 0.025 deg median rotation error; herzjesu-P8 XFeat* 0.463 -> 0.059 deg
+(incremental), 0.541 -> 0.056 (global), SIFT 0.417 -> 0.168 and 0.390 -> 0.164. A repair or start
+model hands its shared camera to the images it lacks as a prior (:func:`calibrate_new_images`).
+
 Track refinement (``refine_tracks``, default ``auto``: on for semi-dense matches, off when
 matches.h5 says ``sift``): the chosen model's observations are moved photometrically onto one
 reference view per track, the model is bundle-adjusted and filtered at 1 px
@@ -115,6 +129,7 @@ from .utils import Timer, merge_config
 logger = logging.getLogger(__name__)
 
 MAPPERS = ("incremental", "global")
+PRINCIPAL_POINT_MIN_IMAGES = 5  # refine_principal_point=None refines it when every camera has this many images
 
 
 @dataclass
@@ -145,6 +160,8 @@ class MappingConfig:
     refine_focal_length: bool = True
     refine_principal_point: bool | None = None  # None: auto, on for cameras shared by many images (module doc)
     refine_extra_params: bool = True
+    share_cameras: bool = True  # images of one size whose estimated cameras agree get one camera (module doc)
+    share_cameras_tolerance: float = 0.03  # ... their focal lengths in runs without relative gaps over this
     verbose: bool = False
     overwrite: bool = False
 
@@ -554,6 +571,44 @@ def calibrate_from_model(db_path: Path, rec) -> int:
     return k
 
 
+def calibrate_new_images(db_path: Path, rec, min_images: int = PRINCIPAL_POINT_MIN_IMAGES) -> int:
+    """Give the database images that ``rec`` lacks the intrinsics of ``rec``'s shared camera; returns how many.
+
+    An image without a focal-length prior whose camera has the model and size of exactly one
+    camera of ``rec`` that at least ``min_images`` registered images share (:func:`share_cameras`)
+    starts from that camera, as a prior: registered with few points, its own focal length is
+    estimated poorly (castle-P30, image 0029: 1277 px against the 1380 px of the 29 others).
+    """
+    import pycolmap
+
+    users: dict[int, int] = {}
+    for im in rec.images.values():
+        if im.has_pose:
+            users[im.camera_id] = users.get(im.camera_id, 0) + 1
+    shared: dict[tuple, list] = {}
+    for cid, n in users.items():
+        if n >= min_images:
+            cam = rec.cameras[cid]
+            shared.setdefault((cam.model, cam.width, cam.height), []).append(cam)
+    if not shared:
+        return 0
+    posed = {im.name for im in rec.images.values() if im.has_pose}
+    k = 0
+    with pycolmap.Database.open(str(db_path)) as db:
+        for im in db.read_all_images():
+            if im.name in posed:
+                continue
+            current = db.read_camera(im.camera_id)
+            alike = shared.get((current.model, current.width, current.height), [])
+            if current.has_prior_focal_length or len(alike) != 1:
+                continue
+            current.params = alike[0].params
+            current.has_prior_focal_length = True
+            db.update_camera(current)
+            k += 1
+    return k
+
+
 def prune_pairs(db_path: Path, pairs: list[tuple[str, str]]) -> int:
     """Delete the two-view geometries of ``pairs`` (image names) from a database; returns how many."""
     import pycolmap
@@ -654,7 +709,8 @@ def extend_model(start, db_path: Path, images: Path, work: Path, cfg: MappingCon
     of the same images (the repair's keypoints are merged anew): points are triangulated from its
     poses with this database's matches (:func:`triangulate_from_poses`), then :func:`complete_model`
     registers the other images, once per try: (seed offset from ``cfg.seed``, registration RANSAC
-    threshold). The database is not modified (a copy takes ``start``'s cameras). The incremental
+    threshold). The database is not modified (a copy takes ``start``'s cameras, and the other
+    images the camera ``start``'s images share, :func:`calibrate_new_images`). The incremental
     mapper refines intrinsics as ``cfg`` says (a new image's focal length is estimated only then),
     the start's cameras included; those are set back to the start's values afterwards.
 
@@ -664,6 +720,7 @@ def extend_model(start, db_path: Path, images: Path, work: Path, cfg: MappingCon
     calibrated = work / "start.db"
     shutil.copy2(db_path, calibrated)
     calibrate_from_model(calibrated, start)
+    calibrate_new_images(calibrated, start)
     rec = triangulate_from_poses(start, calibrated, images, verbose=cfg.verbose)
     for k, (offset, max_error) in enumerate(tries):
         done = complete_model(rec, calibrated, images, work / str(k), cfg, cfg.seed + offset, max_error)
@@ -917,9 +974,6 @@ def images_per_camera(db_path: Path) -> dict[int, int]:
         con.close()
 
 
-PRINCIPAL_POINT_MIN_IMAGES = 5  # refine_principal_point=None refines it when every camera has this many images
-
-
 def resolve_principal_point(cfg: MappingConfig, images_per_camera: Mapping[int, int]) -> MappingConfig:
     """``cfg`` with ``refine_principal_point`` decided when it is None (auto).
 
@@ -933,6 +987,157 @@ def resolve_principal_point(cfg: MappingConfig, images_per_camera: Mapping[int, 
         return cfg
     shared = bool(images_per_camera) and min(images_per_camera.values()) >= PRINCIPAL_POINT_MIN_IMAGES
     return replace(cfg, refine_principal_point=bool(cfg.refine_focal_length and shared))
+
+
+# a merge whose bundle adjustment raises the mean reprojection error by more than this fraction is undone
+SHARE_CAMERAS_MAX_ERROR_INCREASE = 0.1
+
+
+def camera_groups(rec, tolerance: float = 0.03, min_images: int = PRINCIPAL_POINT_MIN_IMAGES) -> list[list[int]]:
+    """Groups of registered images of ``rec`` whose cameras may be one camera.
+
+    Images are grouped by camera model and size; within that, sorted by focal length and split
+    where consecutive focal lengths differ by more than ``tolerance`` (relative); runs of at least
+    ``min_images`` images are groups. Per-image focal lengths of one camera scatter (a principal
+    point off the centre biases them, 7 % over 8 images in ``tests/test_synthetic_e2e.py``), two
+    cameras rarely fill the gap between their focal lengths; :func:`share_cameras` judges each
+    group by its reprojection error. Deterministic.
+    Returns: lists of image ids (ascending), groups in order of (model, width, height, focal).
+    """
+    by_key: dict[tuple, list[int]] = {}
+    for iid in sorted(rec.reg_image_ids()):
+        cam = rec.image(iid).camera
+        by_key.setdefault((cam.model.name, cam.width, cam.height), []).append(iid)
+    groups: list[list[int]] = []
+    for key in sorted(by_key):
+        ids = np.array(by_key[key])
+        f = np.array([rec.image(int(i)).camera.mean_focal_length() for i in ids])
+        order = np.argsort(f, kind="stable")
+        ids, f = ids[order], f[order]
+        cuts = np.flatnonzero(f[1:] / f[:-1] - 1 > tolerance) + 1
+        groups += [sorted(int(i) for i in run) for run in np.split(ids, cuts) if len(run) >= min_images]
+    return groups
+
+
+def with_cameras(rec, camera_of: Mapping[int, object]):
+    """A copy of ``rec`` whose registered images use the cameras ``camera_of[image_id]`` (pycolmap.Camera;
+    several images may share one); poses, keypoints, points and tracks unchanged. Unregistered images
+    are left out (a model's images keep their ids, which are the database's)."""
+    import pycolmap
+
+    new = pycolmap.Reconstruction()
+    added: set[int] = set()
+    for iid in sorted(rec.reg_image_ids()):
+        im = rec.image(iid)
+        cam = camera_of[iid]
+        if cam.camera_id not in added:
+            new.add_camera_with_trivial_rig(cam)
+            added.add(cam.camera_id)
+        xy = np.array([p.xy for p in im.points2D], np.float64).reshape(-1, 2)
+        new.add_image_with_trivial_frame(pycolmap.Image(name=im.name, keypoints=xy, camera_id=cam.camera_id,
+                                                        image_id=iid), im.cam_from_world())
+    for pid, point in rec.points3D.items():
+        new.add_point3D_with_id(pid, point)
+    return new
+
+
+def _shared_groups(rec, cfg: MappingConfig, fixed: set[int]) -> list[tuple[list[int], object]]:
+    """The :func:`camera_groups` of ``rec`` that are not one camera yet, each with its starting camera.
+
+    The camera starts from the median of the members' parameters; if fixed images are among them,
+    from the parameters most of those have, and fixed images with other parameters leave the group
+    (sharing would move them).
+    """
+    import pycolmap
+
+    out = []
+    for group in camera_groups(rec, cfg.share_cameras_tolerance):
+        cams = {i: rec.image(i).camera for i in group}
+        held = [tuple(cams[i].params) for i in group if i in fixed]
+        if held:
+            values, counts = np.unique(np.array(held), axis=0, return_counts=True)
+            params = values[np.argmax(counts)]
+            group = [i for i in group if i not in fixed or np.array_equal(cams[i].params, params)]
+        else:
+            params = np.median(np.array([cams[i].params for i in group]), axis=0)
+        if len(group) < PRINCIPAL_POINT_MIN_IMAGES or len({cams[i].camera_id for i in group}) == 1:
+            continue
+        ref = cams[group[0]]
+        cam = pycolmap.Camera(camera_id=ref.camera_id, model=ref.model, width=ref.width, height=ref.height,
+                              params=np.asarray(params, np.float64))
+        cam.has_prior_focal_length = any(cams[i].has_prior_focal_length for i in group)
+        out.append((group, cam))
+    return out
+
+
+def share_cameras(rec, cfg: MappingConfig, principal_point: bool | None = None, fixed_images: Collection[int] = ()):
+    """Give the images of each :func:`camera_groups` group one camera and bundle-adjust; (model, statistics).
+
+    Without EXIF every image has its own camera (COLMAP's default), whose principal point cannot be
+    refined (:func:`resolve_principal_point`); photos of one camera are then mapped with the principal
+    point at the image centre, which bends the poses (herzjesu-P8, ~23 px off: 0.47 deg median
+    rotation error with XFeat*). Once mapped, images of one size whose focal lengths run together
+    (``cfg.share_cameras_tolerance``) are taken for one camera (:func:`_shared_groups`), and bundle
+    adjustment refines its intrinsics as ``cfg`` says, the principal point as ``principal_point``
+    says (the user's ``refine_principal_point``; None = auto: refined, and the cameras of images in
+    no group then held, their principal point being ill-posed). A group whose images' mean
+    reprojection error rises by more than :data:`SHARE_CAMERAS_MAX_ERROR_INCREASE` is not one
+    camera: it keeps its cameras and the others are adjusted again (``rejected``). ``rec`` is not
+    modified. Returns (model, {"groups": [image counts of the model's shared cameras], "rejected":
+    [image counts], "principal_point_refined", "reprojection_error": [before, after]}), or (``rec``,
+    None) when no group is found.
+    """
+    from .track_refinement import _bundle_adjust, observation_errors, track_table
+
+    if not (cfg.refine_focal_length or cfg.refine_extra_params or principal_point):
+        return rec, None  # a known calibration: nothing to estimate
+    refine_pp = cfg.refine_focal_length if principal_point is None else bool(principal_point)
+    fixed = {i for i in fixed_images if rec.exists_image(i) and rec.image(i).has_pose}
+    groups = _shared_groups(rec, cfg, fixed)
+    if not groups:
+        return rec, None
+    table = track_table(rec)
+    before = observation_errors(rec, table)
+    own = {iid: rec.image(iid).camera for iid in rec.reg_image_ids()}
+    rejected: list[list[int]] = []
+    while groups:
+        camera_of = dict(own)
+        for group, cam in groups:
+            camera_of.update({i: cam for i in group})
+        shared = with_cameras(rec, camera_of)
+        users: dict[int, int] = {}
+        for cam in camera_of.values():
+            users[cam.camera_id] = users.get(cam.camera_id, 0) + 1
+        # a lone camera's principal point is ill-posed: hold its intrinsics while the shared ones move
+        held = ({i for i, c in camera_of.items() if users[c.camera_id] < PRINCIPAL_POINT_MIN_IMAGES} - fixed
+                if (principal_point is None and refine_pp) else set())
+        _bundle_adjust(shared, cfg.refine_focal_length, refine_pp, cfg.refine_extra_params, cfg.num_threads, 1.0,
+                       fixed, held_intrinsics=held)
+        after = observation_errors(shared, table)
+        worse = []
+        for group, _cam in groups:
+            rows = np.isin(table.image_id, group)
+            if np.mean(after[rows]) > (1 + SHARE_CAMERAS_MAX_ERROR_INCREASE) * np.mean(before[rows]):
+                logger.warning("shared cameras: %d images of one size (%s, ...) fit one camera worse (reprojection "
+                               "error %.3f -> %.3f px), they keep their own", len(group), rec.image(group[0]).name,
+                               np.mean(before[rows]), np.mean(after[rows]))
+                worse.append(group)
+        if not worse:
+            break
+        rejected += worse
+        groups = [(g, c) for g, c in groups if g not in worse]
+    stats = {"groups": sorted((n for n in users.values() if n >= PRINCIPAL_POINT_MIN_IMAGES), reverse=True)
+             if groups else [], "rejected": [len(g) for g in rejected],
+             "principal_point_refined": bool(refine_pp and groups),
+             "reprojection_error": [round(float(np.mean(before)), 4),
+                                    round(float(np.mean(after if groups else before)), 4)]}
+    if not groups:
+        return rec, stats
+    shared.update_point_3d_errors()
+    logger.info("shared cameras: %s image(s) share %d camera(s)%s, reprojection error %.3f -> %.3f px",
+                "+".join(map(str, stats["groups"])), len(stats["groups"]),
+                " (principal points refined)" if refine_pp else "", *stats["reprojection_error"])
+    return shared, stats
 
 
 def relative_filter_factor(cfg: MappingConfig) -> float:
@@ -1042,6 +1247,7 @@ def run_mapping(
     images = Path(images)
     if not images.is_dir():
         raise InputError(f"image folder {images} does not exist")
+    principal_point = cfg.refine_principal_point  # the user's (None: auto), for the shared cameras
     cfg = resolve_principal_point(cfg, images_per_camera(db_path))
     if start is not None and not isinstance(start, pycolmap.Reconstruction):
         if not (Path(start) / "images.bin").is_file() and not (Path(start) / "images.txt").is_file():
@@ -1081,14 +1287,40 @@ def run_mapping(
     if rec is not None and any(a.get("chosen") and a["mapper"] == "extend" for a in attempts):
         kept = {im.name for im in start.images.values() if im.has_pose}
         fixed = [im.image_id for im in rec.images.values() if im.has_pose and im.name in kept]
+    share_stats: list = []
+    share_seconds = 0.0
+    refine_cfg = cfg  # the intrinsics the bundle adjustments after mapping refine
+
+    def share(rec):
+        """:func:`share_cameras` if on; then ``refine_cfg`` refines the principal point if every camera is shared."""
+        nonlocal refine_cfg, share_seconds
+        if rec is None or not cfg.share_cameras:
+            return rec
+        with Timer() as ts:
+            rec, stats = share_cameras(rec, cfg, principal_point, fixed)
+        share_seconds += ts.seconds
+        share_stats.append(stats)
+        if stats is not None and stats["groups"] and principal_point is None:
+            per_camera: dict[int, int] = {}
+            for iid in rec.reg_image_ids():
+                per_camera[rec.image(iid).camera_id] = per_camera.get(rec.image(iid).camera_id, 0) + 1
+            refine_cfg = resolve_principal_point(replace(cfg, refine_principal_point=None), per_camera)
+        return rec
+
+    rec = share(rec)
     if rec is not None and track_refinement_wanted(cfg, output):
         with Timer() as tt:
-            rec, track_stats = refine_model_tracks(rec, images, cfg, fixed)
+            rec, track_stats = refine_model_tracks(rec, images, refine_cfg, fixed)
         record_stage_time(output, "track_refinement", tt.seconds)
+        # refined observations estimate the cameras left alone better: images whose focal length was off join
+        # now (castle-P30, retrieval pairs: 0007 and 0008 at 1214 and 1493 px, against 1377 shared)
+        rec = share(rec)
+    if cfg.share_cameras:
+        record_stage_time(output, "share_cameras", share_seconds)
     filter_stats = None
     if rec is not None and cfg.relative_filter:
         with Timer() as tf:
-            rec, filter_stats = filter_model(rec, cfg, fixed)
+            rec, filter_stats = filter_model(rec, refine_cfg, fixed)
         record_stage_time(output, "relative_filter", tf.seconds)
     if rec is not None:
         write_model(rec, output)
@@ -1106,6 +1338,8 @@ def run_mapping(
         "registered_fraction": stats["registered"] / max(num_images, 1),
         "mapper": cfg.mapper,
         "attempts": attempts,
+        # one record per pass (after mapping, after track refinement), None where nothing was shared anew
+        "shared_cameras": share_stats,
         "track_refinement": track_stats,
         "relative_filter": filter_stats,
         "times": read_stage_times(output),
@@ -1205,5 +1439,6 @@ def triangulate_from_poses(
 
 __all__ = ["MappingConfig", "MAPPERS", "run_mapping", "load_model", "map_database", "model_stats", "complete_model",
            "extend_model", "model_fingerprint", "unsupported_images", "drop_images", "Agreement", "epipolar_agreement",
-           "contradicted_pairs", "prune_pairs", "calibrate_from_model", "write_model", "triangulate_from_poses",
+           "contradicted_pairs", "prune_pairs", "calibrate_from_model", "calibrate_new_images", "write_model",
+           "triangulate_from_poses", "camera_groups", "share_cameras", "with_cameras",
            "record_stage_time", "read_stage_times"]

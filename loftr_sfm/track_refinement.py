@@ -223,10 +223,12 @@ def observation_errors(rec, table: TrackTable) -> np.ndarray:
 
 
 def _bundle_adjust(rec, refine_focal_length: bool, refine_principal_point: bool, refine_extra_params: bool,
-                   num_threads: int, loss_scale: float, fixed_images: Collection[int] = ()) -> None:
+                   num_threads: int, loss_scale: float, fixed_images: Collection[int] = (),
+                   held_intrinsics: Collection[int] = ()) -> None:
     """Bundle adjustment of every registered image and point (gauge: two cameras fixed, as COLMAP's global BA).
 
     ``fixed_images``: ids of images whose poses and cameras stay as they are (they fix the gauge then).
+    ``held_intrinsics``: ids of images whose cameras stay as they are (their poses move).
     """
     import pycolmap
 
@@ -248,6 +250,9 @@ def _bundle_adjust(rec, refine_focal_length: bool, refine_principal_point: bool,
     for image_id in fixed:
         config.set_constant_rig_from_world_pose(rec.image(image_id).frame_id)
         config.set_constant_cam_intrinsics(rec.image(image_id).camera_id)
+    for image_id in held_intrinsics:
+        if rec.exists_image(image_id) and rec.image(image_id).has_pose:
+            config.set_constant_cam_intrinsics(rec.image(image_id).camera_id)
     if len(fixed) < 2:
         config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
     summary = pycolmap.create_default_bundle_adjuster(o, config, rec).solve()  # (pycolmap.bundle_adjustment logs)

@@ -498,3 +498,75 @@ def test_a_start_model_is_extended_around_its_fixed_poses(scene, tmp_path, monke
     assert [(a["mapper"], a["registered"], a["chosen"]) for a in attempts][: n + 1] == [("extend", 0, False)] * n + [
         ("incremental", 5, True)]
     assert best.num_reg_images() == 5
+
+
+def _posed_cameras(cams):
+    """A model of one posed image per (width, height, focal), each with its own SIMPLE_RADIAL camera (ids 1..n)."""
+    rec = pycolmap.Reconstruction()
+    for k, (w, h, f) in enumerate(cams, 1):
+        rec.add_camera_with_trivial_rig(pycolmap.Camera(camera_id=k, model="SIMPLE_RADIAL", width=w, height=h,
+                                                        params=[f, w / 2, h / 2, 0.0]))
+        rec.add_image_with_trivial_frame(pycolmap.Image(name=f"{k:03d}.jpg", camera_id=k, image_id=k), pycolmap.Rigid3d())
+    return rec
+
+
+def test_camera_groups_by_size_and_focal_length():
+    cams = ([(1536, 1024, f) for f in (1000, 1005, 995, 1010, 990, 1002)]  # 1-6: one camera
+            + [(1536, 1024, f) for f in (1200, 1210, 1195, 1190, 1205)]  # 7-11: zoomed, 19 % apart
+            + [(1536, 1024, f) for f in (700, 705)]  # 12-13: too few
+            + [(1024, 768, 1000.0)] * 5  # 14-18: another size
+            + [(800, 600, 1000 * 1.025 ** k) for k in range(5)]  # 19-23: a chain of 2.5 % steps is one run
+            + [(640, 480, 1000.0)] * 4)  # 24-27: too few
+    groups = reconstruction.camera_groups(_posed_cameras(cams), tolerance=0.03, min_images=5)
+    assert groups == [list(range(19, 24)), list(range(14, 19)), list(range(1, 7)), list(range(7, 12))]
+    assert reconstruction.camera_groups(_posed_cameras(cams), tolerance=0.02, min_images=5) == groups[1:]  # no chain
+    assert reconstruction.camera_groups(_posed_cameras(cams), tolerance=0.02, min_images=6) == [list(range(1, 7))]
+
+
+def test_share_cameras_and_its_guard(scene, tmp_path, monkeypatch):
+    (tmp_path / "database.db").write_bytes((scene / "database.db").read_bytes())
+    s = run_mapping(tmp_path, scene / "images", MappingConfig(share_cameras=False, refine_tracks="off"))
+    assert s["shared_cameras"] == []
+    rec = pycolmap.Reconstruction(str(tmp_path / "model"))
+    assert len({im.camera_id for im in rec.images.values()}) == 5
+    cfg = MappingConfig()
+    shared, stats = reconstruction.share_cameras(rec, cfg)
+    assert stats["groups"] == [5] and stats["rejected"] == [] and stats["principal_point_refined"]
+    assert len(shared.cameras) == 1 and len(rec.cameras) == 5  # the input is not modified
+    assert shared.num_points3D() == rec.num_points3D()
+    assert shared.compute_num_observations() == rec.compute_num_observations()
+    assert stats["reprojection_error"][1] < 1.1 * stats["reprojection_error"][0] < 1.0
+    f, cx, cy = next(iter(shared.cameras.values())).params[:3]
+    assert abs(f - 280) < 2 and abs(cx - 160) < 1 and abs(cy - 120) < 1
+    for im in rec.images.values():  # the copy keeps names, ids and keypoints
+        other = shared.image(im.image_id)
+        assert other.name == im.name and other.num_points3D == im.num_points3D
+        np.testing.assert_array_equal([p.xy for p in other.points2D], [p.xy for p in im.points2D])
+    # the user fixed the principal point: only focal length and distortion are shared and refined
+    _, stats = reconstruction.share_cameras(rec, cfg, principal_point=False)
+    assert stats["groups"] == [5] and not stats["principal_point_refined"]
+    # a known calibration has nothing to share
+    assert reconstruction.share_cameras(rec, MappingConfig(refine_focal_length=False, refine_extra_params=False)) \
+        == (rec, None)
+    # a group that fits one camera worse keeps its cameras (here: any rise at all is too much)
+    monkeypatch.setattr(reconstruction, "SHARE_CAMERAS_MAX_ERROR_INCREASE", -0.5)
+    kept, stats = reconstruction.share_cameras(rec, cfg)
+    assert kept is rec and stats["groups"] == [] and stats["rejected"] == [5]
+
+
+def test_new_images_start_from_the_shared_camera(scene, tmp_path):
+    db = tmp_path / "database.db"
+    db.write_bytes((scene / "database.db").read_bytes())
+    start = _simple_radial(_gt_model_without_points_of(scene, set()))
+    shared, _ = reconstruction.share_cameras(start, MappingConfig())  # GT poses and cameras: one camera
+    reconstruction.drop_images(shared, ["img_003.png"])
+    cam = next(iter(shared.cameras.values()))
+    assert reconstruction.calibrate_new_images(db, shared) == 0  # 4 images share it: fewer than 5
+    assert reconstruction.calibrate_new_images(db, shared, min_images=4) == 1
+    with pycolmap.Database.open(str(db)) as d:
+        cams = {im.name: d.read_camera(im.camera_id) for im in d.read_all_images()}
+    np.testing.assert_allclose(cams["img_003.png"].params, cam.params)
+    assert cams["img_003.png"].has_prior_focal_length
+    assert not cams["img_001.png"].has_prior_focal_length  # images of the model are calibrate_from_model's
+    assert reconstruction.calibrate_new_images(db, shared, min_images=4) == 0  # it has a prior now
+
