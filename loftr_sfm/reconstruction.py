@@ -74,10 +74,10 @@ its principal point refined by the auto rule; a group whose reprojection error r
 10 % keeps its cameras (:func:`share_cameras`). It runs again after track refinement, whose
 cleaner observations bring images whose focal length the mapper left off into the group
 (castle-P30, retrieval pairs: two images 8-12 % off, held alone, kept the median rotation error at
-0.30 deg; joined, 0.050). Track refinement and filtering refine the principal point if every
+0.30 deg; joined, 0.052). Track refinement and filtering refine the principal point if every
 camera of the model is then shared by at least 5 images. Rendered scene with the principal point
 (18, -12) px off: 1.77 -> 0.025 deg median rotation error; herzjesu-P8 XFeat* 0.463 -> 0.059 deg
-(incremental), 0.541 -> 0.056 (global), SIFT 0.417 -> 0.168 and 0.390 -> 0.164. A repair or start
+(incremental), 0.541 -> 0.053 (global), SIFT 0.417 -> 0.168 and 0.390 -> 0.164. A repair or start
 model hands its shared camera to the images it lacks as a prior (:func:`calibrate_new_images`).
 
 Track refinement (``refine_tracks``, default ``auto``: on for semi-dense matches, off when
