@@ -569,4 +569,3 @@ def test_new_images_start_from_the_shared_camera(scene, tmp_path):
     assert cams["img_003.png"].has_prior_focal_length
     assert not cams["img_001.png"].has_prior_focal_length  # images of the model are calibrate_from_model's
     assert reconstruction.calibrate_new_images(db, shared, min_images=4) == 0  # it has a prior now
-
