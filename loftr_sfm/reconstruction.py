@@ -581,12 +581,8 @@ def calibrate_new_images(db_path: Path, rec, min_images: int = PRINCIPAL_POINT_M
     """
     import pycolmap
 
-    users: dict[int, int] = {}
-    for im in rec.images.values():
-        if im.has_pose:
-            users[im.camera_id] = users.get(im.camera_id, 0) + 1
     shared: dict[tuple, list] = {}
-    for cid, n in users.items():
+    for cid, n in model_images_per_camera(rec).items():
         if n >= min_images:
             cam = rec.cameras[cid]
             shared.setdefault((cam.model, cam.width, cam.height), []).append(cam)
@@ -961,6 +957,12 @@ def refine_model_tracks(rec, images: Path, cfg: MappingConfig, fixed_images: Col
     return keep_unless_images_starve(rec, refined, stats, cfg.min_image_points, "track refinement")
 
 
+def model_images_per_camera(rec) -> dict[int, int]:
+    """{camera_id: number of registered images} of a model (:func:`images_per_camera` for a database)."""
+    ids, counts = np.unique([rec.image(i).camera_id for i in rec.reg_image_ids()], return_counts=True)
+    return {int(c): int(n) for c, n in zip(ids, counts)}
+
+
 def images_per_camera(db_path: Path) -> dict[int, int]:
     """{camera_id: number of images} of a COLMAP database, read-only (opening it with pycolmap touches the file)."""
     import sqlite3
@@ -1301,10 +1303,8 @@ def run_mapping(
         share_seconds += ts.seconds
         share_stats.append(stats)
         if stats is not None and stats["groups"] and principal_point is None:
-            per_camera: dict[int, int] = {}
-            for iid in rec.reg_image_ids():
-                per_camera[rec.image(iid).camera_id] = per_camera.get(rec.image(iid).camera_id, 0) + 1
-            refine_cfg = resolve_principal_point(replace(cfg, refine_principal_point=None), per_camera)
+            refine_cfg = resolve_principal_point(replace(cfg, refine_principal_point=None),
+                                                 model_images_per_camera(rec))
         return rec
 
     rec = share(rec)
