@@ -56,6 +56,10 @@ def test_incremental_registers_all_with_accurate_rotations(scene):
     assert s["duplicate_observations"] == 0 and s["mean_track_length"] > 3.0
     tr = s["track_refinement"]  # refine_tracks=auto: on for semi-dense matches
     assert tr is not None and not tr["reverted"] and tr["moved"] > 0.5 * (tr["observations"] - tr["tracks"])
+    # default cameras: one per image in the database, shared after mapping; the pass after track refinement
+    # finds them shared already
+    assert s["shared_cameras"][0]["groups"] == [8] and s["shared_cameras"][1:] == [None]
+    assert len(pycolmap.Reconstruction(str(scene / "model")).cameras) == 1
     errs = rotation_errors(scene / "model", scene / "gt")
     assert len(errs) == 8
     assert np.median(list(errs.values())) < 0.1
