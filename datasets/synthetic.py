@@ -1,13 +1,15 @@
 """Synthetic scenes with exact ground truth and EfficientLoFTR-shaped semi-dense matches.
 
 The scene is analytic: a textured ground plane, a textured back wall and a textured box, seen
-by pinhole cameras on an arc around it. Every pixel is ray-cast against the planes (nearest
-hit), so depth, visibility and correspondences are exact. Images are rendered from procedural
-multi-scale textures (so real matchers can run on them too).
+by cameras on an arc around it (pinhole, or with COLMAP's RADIAL distortion: ``distortion``).
+Every pixel is ray-cast against the planes (nearest hit), so depth, visibility and
+correspondences are exact. Images are rendered from procedural multi-scale textures (so real
+matchers can run on them too).
 
 Output folder:
   images/            PNG images (optionally in sub-folders, mixed sizes / portrait)
-  gt/                COLMAP text model: cameras (PINHOLE, COLMAP convention) and poses, no points
+  gt/                COLMAP text model: cameras (PINHOLE, or RADIAL with ``distortion``; COLMAP
+                     convention) and poses, no points
   pairs.txt          the pairs (exhaustive unless told otherwise)
   matches.h5         raw semi-dense matches shaped like EfficientLoFTR's (hloc dense layout):
                      image0 on the 8-px coarse grid refined to a 1-px lattice (the pixel chosen
@@ -45,6 +47,7 @@ class SceneConfig:
     focal: float = 400.0  # px
     principal_offset: tuple[float, float] = (0.0, 0.0)  # px, principal point minus the image centre (x, y)
     focals: dict = field(default_factory=dict)  # {index: focal} images taken with another focal length (px)
+    distortion: tuple[float, float] = (0.0, 0.0)  # radial k1, k2 of every camera (COLMAP's RADIAL model)
     radius: float = 6.0  # camera distance to the scene centre
     arc_deg: float = 80.0  # cameras spread over this arc
     seed: int = 0
@@ -135,6 +138,7 @@ class Cam:
     R: np.ndarray  # world -> camera
     t: np.ndarray
     offset: tuple[float, float] = (0.0, 0.0)  # principal point minus the image centre (px)
+    k: tuple[float, float] = (0.0, 0.0)  # radial distortion k1, k2 (COLMAP RADIAL: x_d = x (1 + k1 r^2 + k2 r^4))
 
     @property
     def centre(self) -> np.ndarray:
@@ -147,7 +151,13 @@ class Cam:
 
     def rays(self, xy: np.ndarray) -> np.ndarray:
         K = self.K_cv()
-        d = np.stack([(xy[:, 0] - K[0, 2]) / self.f, (xy[:, 1] - K[1, 2]) / self.f, np.ones(len(xy))], 1)
+        u = np.stack([(xy[:, 0] - K[0, 2]) / self.f, (xy[:, 1] - K[1, 2]) / self.f], 1)
+        if any(self.k):  # undistort: fixed-point iteration of u = u_d / (1 + k1 r^2 + k2 r^4)
+            ud = u.copy()
+            for _ in range(50):
+                r2 = np.sum(u * u, 1, keepdims=True)
+                u = ud / (1 + self.k[0] * r2 + self.k[1] * r2 * r2)
+        d = np.c_[u, np.ones(len(xy))]
         return d @ self.R  # camera -> world directions (R^T d)
 
     def project(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +165,12 @@ class Cam:
         K = self.K_cv()
         z = Xc[:, 2]
         with np.errstate(divide="ignore", invalid="ignore"):
-            xy = np.stack([K[0, 0] * Xc[:, 0] / z + K[0, 2], K[1, 1] * Xc[:, 1] / z + K[1, 2]], 1)
+            u = Xc[:, :2] / z[:, None]
+            r2 = np.sum(u * u, 1, keepdims=True)
+            u = u * (1 + self.k[0] * r2 + self.k[1] * r2 * r2)
+            # beyond the radius where distortion stops growing with r, points would fold back into the image
+            u[(1 + 3 * self.k[0] * r2 + 5 * self.k[1] * r2 * r2)[:, 0] <= 0] = np.nan
+            xy = np.stack([K[0, 0] * u[:, 0] + K[0, 2], K[1, 1] * u[:, 1] + K[1, 2]], 1)
         return xy, z
 
 
@@ -182,7 +197,8 @@ def make_cameras(cfg: SceneConfig, rng: np.random.Generator) -> list[Cam]:
             name = f"{'ab'[i % 2]}/img_{i // 2:03d}.png"
         else:
             name = f"img_{i:03d}.png"
-        cams.append(Cam(name, int(w), int(h), float(f), R, -R @ c, tuple(map(float, cfg.principal_offset))))
+        cams.append(Cam(name, int(w), int(h), float(f), R, -R @ c, tuple(map(float, cfg.principal_offset)),
+                        tuple(map(float, cfg.distortion))))
     return cams
 
 
@@ -370,8 +386,11 @@ def write_gt(cams: list[Cam], path: Path) -> None:
 
     rec = pycolmap.Reconstruction()
     for k, c in enumerate(cams, 1):
-        cam = pycolmap.Camera(camera_id=k, model="PINHOLE", width=c.w, height=c.h,
-                              params=[c.f, c.f, c.w / 2 + c.offset[0], c.h / 2 + c.offset[1]])
+        cx, cy = c.w / 2 + c.offset[0], c.h / 2 + c.offset[1]
+        if any(c.k):
+            cam = pycolmap.Camera(camera_id=k, model="RADIAL", width=c.w, height=c.h, params=[c.f, cx, cy, *c.k])
+        else:
+            cam = pycolmap.Camera(camera_id=k, model="PINHOLE", width=c.w, height=c.h, params=[c.f, c.f, cx, cy])
         rec.add_camera_with_trivial_rig(cam)
         pose = pycolmap.Rigid3d(pycolmap.Rotation3d(c.R), c.t)
         rec.add_image_with_trivial_frame(pycolmap.Image(name=c.name, camera_id=k, image_id=k), pose)
@@ -439,10 +458,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--unique-textures", action="store_true", help="one texture per plane, not tiled (no periodic structure)")
     ap.add_argument("--portrait", type=int, nargs="*", default=[])
     ap.add_argument("--principal-offset", type=float, nargs=2, default=[0.0, 0.0], metavar=("DX", "DY"))
+    ap.add_argument("--distortion", type=float, nargs=2, default=[0.0, 0.0], metavar=("K1", "K2"))
     a = vars(ap.parse_args(argv))
     out = a.pop("output")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     a["principal_offset"] = tuple(a["principal_offset"])
+    a["distortion"] = tuple(a["distortion"])
     generate(out, SceneConfig(**a))
 
 

@@ -79,6 +79,13 @@ camera of the model is then shared by at least 5 images. Rendered scene with the
 (18, -12) px off: 1.77 -> 0.025 deg median rotation error; herzjesu-P8 XFeat* 0.463 -> 0.059 deg
 (incremental), 0.541 -> 0.053 (global), SIFT 0.417 -> 0.168 and 0.390 -> 0.164. A repair or start
 model hands its shared camera to the images it lacks as a prior (:func:`calibrate_new_images`).
+A camera that many images share constrains more distortion than one image does: a shared
+SIMPLE_RADIAL camera (COLMAP's default model, one radial term) becomes RADIAL (a second term, k2,
+starting at 0; ``share_cameras_radial``). Fox (a phone video, OPENCV pseudo-GT k1 0.058, k2 -0.081;
+XFeat*, retrieval pairs): 0.277 -> 0.166 deg median rotation error, AUC@1 0.634 -> 0.782, with k1
+0.049, k2 -0.065 estimated; castle-P30 retrieval 0.052 -> 0.049 (AUC@1 0.906 both). Not further:
+OPENCV (tangential terms and two focal lengths) took castle-P30 from 0.052 to 0.175 deg, its
+tangential terms trading against the principal point.
 
 Track refinement (``refine_tracks``, default ``auto``: on for semi-dense matches, off when
 matches.h5 says ``sift``): the chosen model's observations are moved photometrically onto one
@@ -162,6 +169,7 @@ class MappingConfig:
     refine_extra_params: bool = True
     share_cameras: bool = True  # images of one size whose estimated cameras agree get one camera (module doc)
     share_cameras_tolerance: float = 0.03  # ... their focal lengths in runs without relative gaps over this
+    share_cameras_radial: bool = True  # ... and a shared SIMPLE_RADIAL camera gets a second radial term (RADIAL)
     verbose: bool = False
     overwrite: bool = False
 
@@ -562,13 +570,23 @@ def calibrate_from_model(db_path: Path, rec) -> int:
             if cam is None:
                 continue
             current = db.read_camera(im.camera_id)
-            if current.model != cam.model or (current.width, current.height) != (cam.width, cam.height):
+            if (camera_family(current.model.name) != camera_family(cam.model.name)
+                    or (current.width, current.height) != (cam.width, cam.height)):
                 continue
-            current.params = cam.params
-            current.has_prior_focal_length = True
-            db.update_camera(current)
+            db.update_camera(_prior(current.camera_id, cam))
             k += 1
     return k
+
+
+def _prior(camera_id: int, cam):
+    """A copy of camera ``cam`` (its model too: a shared camera may be RADIAL now) as database camera ``camera_id``,
+    with a focal-length prior."""
+    import pycolmap
+
+    new = pycolmap.Camera(camera_id=camera_id, model=cam.model, width=cam.width, height=cam.height,
+                          params=np.asarray(cam.params, np.float64))
+    new.has_prior_focal_length = True
+    return new
 
 
 def calibrate_new_images(db_path: Path, rec, min_images: int = PRINCIPAL_POINT_MIN_IMAGES) -> int:
@@ -585,7 +603,7 @@ def calibrate_new_images(db_path: Path, rec, min_images: int = PRINCIPAL_POINT_M
     for cid, n in model_images_per_camera(rec).items():
         if n >= min_images:
             cam = rec.cameras[cid]
-            shared.setdefault((cam.model, cam.width, cam.height), []).append(cam)
+            shared.setdefault((camera_family(cam.model.name), cam.width, cam.height), []).append(cam)
     if not shared:
         return 0
     posed = {im.name for im in rec.images.values() if im.has_pose}
@@ -595,12 +613,10 @@ def calibrate_new_images(db_path: Path, rec, min_images: int = PRINCIPAL_POINT_M
             if im.name in posed:
                 continue
             current = db.read_camera(im.camera_id)
-            alike = shared.get((current.model, current.width, current.height), [])
+            alike = shared.get((camera_family(current.model.name), current.width, current.height), [])
             if current.has_prior_focal_length or len(alike) != 1:
                 continue
-            current.params = alike[0].params
-            current.has_prior_focal_length = True
-            db.update_camera(current)
+            db.update_camera(_prior(current.camera_id, alike[0]))
             k += 1
     return k
 
@@ -995,21 +1011,42 @@ def resolve_principal_point(cfg: MappingConfig, images_per_camera: Mapping[int, 
 SHARE_CAMERAS_MAX_ERROR_INCREASE = 0.1
 
 
+# a shared camera of the key's model gets one more radial distortion term (share_cameras_radial): the new
+# model's parameters are the old ones followed by k2 (COLMAP: f, cx, cy, k -> f, cx, cy, k1, k2)
+RADIAL_UPGRADE = {"SIMPLE_RADIAL": "RADIAL", "SIMPLE_RADIAL_FISHEYE": "RADIAL_FISHEYE"}
+
+
+def camera_family(model: str) -> str:
+    """The model a camera of ``model`` was estimated as before :data:`RADIAL_UPGRADE` (RADIAL -> SIMPLE_RADIAL)."""
+    return next((k for k, v in RADIAL_UPGRADE.items() if v == model), model)
+
+
+def params_as(camera, model: str) -> np.ndarray:
+    """``camera``'s parameters in ``model``'s layout: its own, or with k2 = 0 appended (:data:`RADIAL_UPGRADE`)."""
+    params = np.asarray(camera.params, np.float64)
+    if camera.model.name == model:
+        return params
+    if RADIAL_UPGRADE.get(camera.model.name) == model:
+        return np.r_[params, 0.0]
+    raise ValueError(f"camera model {camera.model.name} cannot be expressed as {model}")
+
+
 def camera_groups(rec, tolerance: float = 0.03, min_images: int = PRINCIPAL_POINT_MIN_IMAGES) -> list[list[int]]:
     """Groups of registered images of ``rec`` whose cameras may be one camera.
 
-    Images are grouped by camera model and size; within that, sorted by focal length and split
-    where consecutive focal lengths differ by more than ``tolerance`` (relative); runs of at least
-    ``min_images`` images are groups. Per-image focal lengths of one camera scatter (a principal
-    point off the centre biases them, 7 % over 8 images in ``tests/test_synthetic_e2e.py``), two
-    cameras rarely fill the gap between their focal lengths; :func:`share_cameras` judges each
-    group by its reprojection error. Deterministic.
+    Images are grouped by camera model (:func:`camera_family`: a shared RADIAL camera and the
+    SIMPLE_RADIAL ones of images left alone are one family) and size; within that, sorted by focal
+    length and split where consecutive focal lengths differ by more than ``tolerance`` (relative);
+    runs of at least ``min_images`` images are groups. Per-image focal lengths of one camera scatter
+    (a principal point off the centre biases them, 7 % over 8 images in
+    ``tests/test_synthetic_e2e.py``), two cameras rarely fill the gap between their focal lengths;
+    :func:`share_cameras` judges each group by its reprojection error. Deterministic.
     Returns: lists of image ids (ascending), groups in order of (model, width, height, focal).
     """
     by_key: dict[tuple, list[int]] = {}
     for iid in sorted(rec.reg_image_ids()):
         cam = rec.image(iid).camera
-        by_key.setdefault((cam.model.name, cam.width, cam.height), []).append(iid)
+        by_key.setdefault((camera_family(cam.model.name), cam.width, cam.height), []).append(iid)
     groups: list[list[int]] = []
     for key in sorted(by_key):
         ids = np.array(by_key[key])
@@ -1048,24 +1085,36 @@ def _shared_groups(rec, cfg: MappingConfig, fixed: set[int]) -> list[tuple[list[
 
     The camera starts from the median of the members' parameters; if fixed images are among them,
     from the parameters most of those have, and fixed images with other parameters leave the group
-    (sharing would move them).
+    (sharing would move them). Its model is the members' :data:`RADIAL_UPGRADE` when
+    ``cfg.share_cameras_radial`` says so (and extra parameters are refined) or a member has it already
+    (k2 starts at 0 for the others); with fixed images, theirs.
     """
     import pycolmap
 
     out = []
     for group in camera_groups(rec, cfg.share_cameras_tolerance):
         cams = {i: rec.image(i).camera for i in group}
-        held = [tuple(cams[i].params) for i in group if i in fixed]
+        family = camera_family(cams[group[0]].model.name)
+        upgrade = RADIAL_UPGRADE.get(family)
+        wanted = cfg.share_cameras_radial and cfg.refine_extra_params
+        model = upgrade if upgrade and (wanted or any(c.model.name == upgrade for c in cams.values())) else family
+        held_models = [cams[i].model.name for i in group if i in fixed]
+        if held_models:  # fixed cameras keep their model
+            names, counts = np.unique(held_models, return_counts=True)
+            model = str(names[np.argmax(counts)])
+            group = [i for i in group if cams[i].model.name in (model, camera_family(model))]
+        params_of = {i: params_as(cams[i], model) for i in group}
+        held = [tuple(params_of[i]) for i in group if i in fixed]
         if held:
             values, counts = np.unique(np.array(held), axis=0, return_counts=True)
             params = values[np.argmax(counts)]
-            group = [i for i in group if i not in fixed or np.array_equal(cams[i].params, params)]
+            group = [i for i in group if i not in fixed or np.array_equal(params_of[i], params)]
         else:
-            params = np.median(np.array([cams[i].params for i in group]), axis=0)
+            params = np.median(np.array([params_of[i] for i in group]), axis=0)
         if len(group) < PRINCIPAL_POINT_MIN_IMAGES or len({cams[i].camera_id for i in group}) == 1:
             continue
         ref = cams[group[0]]
-        cam = pycolmap.Camera(camera_id=ref.camera_id, model=ref.model, width=ref.width, height=ref.height,
+        cam = pycolmap.Camera(camera_id=ref.camera_id, model=model, width=ref.width, height=ref.height,
                               params=np.asarray(params, np.float64))
         cam.has_prior_focal_length = any(cams[i].has_prior_focal_length for i in group)
         out.append((group, cam))
@@ -1085,9 +1134,10 @@ def share_cameras(rec, cfg: MappingConfig, principal_point: bool | None = None, 
     no group then held, their principal point being ill-posed). A group whose images' mean
     reprojection error rises by more than :data:`SHARE_CAMERAS_MAX_ERROR_INCREASE` is not one
     camera: it keeps its cameras and the others are adjusted again (``rejected``). ``rec`` is not
-    modified. Returns (model, {"groups": [image counts of the model's shared cameras], "rejected":
-    [image counts], "principal_point_refined", "reprojection_error": [before, after]}), or (``rec``,
-    None) when no group is found.
+    modified. A shared SIMPLE_RADIAL camera becomes RADIAL (``cfg.share_cameras_radial``, k2 from 0).
+    Returns (model, {"groups": [image counts of the model's shared cameras], "models": [their COLMAP
+    models], "rejected": [image counts], "principal_point_refined", "reprojection_error": [before,
+    after]}), or (``rec``, None) when no group is found.
     """
     from .track_refinement import _bundle_adjust, observation_errors, track_table
 
@@ -1129,15 +1179,16 @@ def share_cameras(rec, cfg: MappingConfig, principal_point: bool | None = None, 
         rejected += worse
         groups = [(g, c) for g, c in groups if g not in worse]
     stats = {"groups": sorted((n for n in users.values() if n >= PRINCIPAL_POINT_MIN_IMAGES), reverse=True)
-             if groups else [], "rejected": [len(g) for g in rejected],
+             if groups else [], "models": sorted({c.model.name for _g, c in groups}),
+             "rejected": [len(g) for g in rejected],
              "principal_point_refined": bool(refine_pp and groups),
              "reprojection_error": [round(float(np.mean(before)), 4),
                                     round(float(np.mean(after if groups else before)), 4)]}
     if not groups:
         return rec, stats
     shared.update_point_3d_errors()
-    logger.info("shared cameras: %s image(s) share %d camera(s)%s, reprojection error %.3f -> %.3f px",
-                "+".join(map(str, stats["groups"])), len(stats["groups"]),
+    logger.info("shared cameras: %s image(s) share %d %s camera(s)%s, reprojection error %.3f -> %.3f px",
+                "+".join(map(str, stats["groups"])), len(stats["groups"]), "/".join(stats["models"]),
                 " (principal points refined)" if refine_pp else "", *stats["reprojection_error"])
     return shared, stats
 

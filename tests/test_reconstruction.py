@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -510,6 +511,17 @@ def _posed_cameras(cams):
     return rec
 
 
+def test_camera_family_and_parameters_in_the_upgraded_model():
+    cam = pycolmap.Camera(camera_id=1, model="SIMPLE_RADIAL", width=100, height=80, params=[90.0, 50, 40, 0.1])
+    assert reconstruction.camera_family("RADIAL") == "SIMPLE_RADIAL" == reconstruction.camera_family("SIMPLE_RADIAL")
+    assert reconstruction.camera_family("RADIAL_FISHEYE") == "SIMPLE_RADIAL_FISHEYE"
+    assert reconstruction.camera_family("OPENCV") == "OPENCV"
+    np.testing.assert_array_equal(reconstruction.params_as(cam, "RADIAL"), [90, 50, 40, 0.1, 0])
+    np.testing.assert_array_equal(reconstruction.params_as(cam, "SIMPLE_RADIAL"), [90, 50, 40, 0.1])
+    with pytest.raises(ValueError, match="cannot be expressed as OPENCV"):
+        reconstruction.params_as(cam, "OPENCV")
+
+
 def test_camera_groups_by_size_and_focal_length():
     cams = ([(1536, 1024, f) for f in (1000, 1005, 995, 1010, 990, 1002)]  # 1-6: one camera
             + [(1536, 1024, f) for f in (1200, 1210, 1195, 1190, 1205)]  # 7-11: zoomed, 19 % apart
@@ -538,6 +550,19 @@ def test_share_cameras_and_its_guard(scene, tmp_path, monkeypatch):
     assert stats["reprojection_error"][1] < 1.1 * stats["reprojection_error"][0] < 1.0
     f, cx, cy = next(iter(shared.cameras.values())).params[:3]
     assert abs(f - 280) < 2 and abs(cx - 160) < 1 and abs(cy - 120) < 1
+    # the shared camera has a second radial term (share_cameras_radial); the scene has no distortion
+    assert stats["models"] == ["RADIAL"] and next(iter(shared.cameras.values())).model.name == "RADIAL"
+    assert np.abs(next(iter(shared.cameras.values())).params[3:]).max() < 0.02
+    assert reconstruction.share_cameras(rec, replace(cfg, share_cameras_radial=False))[1]["models"] == ["SIMPLE_RADIAL"]
+    assert reconstruction.share_cameras(rec, replace(cfg, refine_extra_params=False))[1]["models"] == ["SIMPLE_RADIAL"]
+    # an image left with its own SIMPLE_RADIAL camera joins the RADIAL one later (the pass after track refinement)
+    lone = pycolmap.Camera(camera_id=99, model="SIMPLE_RADIAL", width=320, height=240, params=[281.0, 160, 120, 0])
+    some = sorted(shared.reg_image_ids())[0]
+    mixed = reconstruction.with_cameras(shared, {i: lone if i == some else shared.image(i).camera
+                                                 for i in shared.reg_image_ids()})
+    assert reconstruction.camera_groups(mixed) == [sorted(shared.reg_image_ids())]
+    joined, stats = reconstruction.share_cameras(mixed, cfg)
+    assert stats["groups"] == [5] and stats["models"] == ["RADIAL"] and len(joined.cameras) == 1
     for im in rec.images.values():  # the copy keeps names, ids and keypoints
         other = shared.image(im.image_id)
         assert other.name == im.name and other.num_points3D == im.num_points3D
@@ -566,6 +591,8 @@ def test_new_images_start_from_the_shared_camera(scene, tmp_path):
     with pycolmap.Database.open(str(db)) as d:
         cams = {im.name: d.read_camera(im.camera_id) for im in d.read_all_images()}
     np.testing.assert_allclose(cams["img_003.png"].params, cam.params)
+    # the shared camera is RADIAL (share_cameras_radial), the database's per-image one SIMPLE_RADIAL: it takes the model
+    assert cam.model.name == cams["img_003.png"].model.name == "RADIAL"
     assert cams["img_003.png"].has_prior_focal_length
     assert not cams["img_001.png"].has_prior_focal_length  # images of the model are calibrate_from_model's
     assert reconstruction.calibrate_new_images(db, shared, min_images=4) == 0  # it has a prior now
