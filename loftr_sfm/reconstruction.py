@@ -82,10 +82,11 @@ model hands its shared camera to the images it lacks as a prior (:func:`calibrat
 A camera that many images share constrains more distortion than one image does: a shared
 SIMPLE_RADIAL camera (COLMAP's default model, one radial term) becomes RADIAL (a second term, k2,
 starting at 0; ``share_cameras_radial``). Fox (a phone video, OPENCV pseudo-GT k1 0.058, k2 -0.081;
-XFeat*, retrieval pairs): 0.277 -> 0.166 deg median rotation error, AUC@1 0.634 -> 0.782, with k1
-0.049, k2 -0.065 estimated; castle-P30 retrieval 0.052 -> 0.049 (AUC@1 0.906 both). Not further:
-OPENCV (tangential terms and two focal lengths) took castle-P30 from 0.052 to 0.175 deg, its
-tangential terms trading against the principal point.
+retrieval pairs): XFeat* 0.277 -> 0.131 deg median rotation error, AUC@1 0.634 -> 0.813; SIFT 0.235
+-> 0.160, 0.720 -> 0.831. Rendered scene with k1 0.15, k2 -0.2: found within 0.001, 0.076 -> 0.021
+deg. Castle-P30 and herzjesu-P8 (little distortion): XFeat* unchanged. Not further: OPENCV (tangential
+terms, two focal lengths) moved castle-P30 from 0.052 to 0.175 deg, its tangential terms trading
+against the principal point.
 
 Track refinement (``refine_tracks``, default ``auto``: on for semi-dense matches, off when
 matches.h5 says ``sift``): the chosen model's observations are moved photometrically onto one
