@@ -23,6 +23,7 @@ Usage:
         --pairs exhaustive sequential retrieval --mappers incremental global --work outputs/eval \
         --table outputs/eval/results.md
     python pipelines/evaluate_scenes.py --scenes fox --pairs sequential retrieval   # no exhaustive matching
+    python pipelines/evaluate_scenes.py --scenes fox --pairs sequential+loop   # with retrieval loop closure
     python pipelines/evaluate_scenes.py --scenes castle-P30 --pairs exhaustive --intrinsics estimated gt
 """
 
@@ -102,6 +103,14 @@ def model_row(summary: dict, output: Path, gt: Path) -> dict:
     return row
 
 
+def pairs_options(method: str, num_neighbors: int) -> dict:
+    """The pairs stage's options for a method of the grid: a PairsConfig method, or ``sequential+loop``
+    (sequential pairs plus retrieval loop closure, what a video with gaps calls for)."""
+    if method == "sequential+loop":
+        return {"method": "sequential", "num_neighbors": num_neighbors, "loop_closure": True}
+    return {"method": method, "num_neighbors": num_neighbors}
+
+
 def match_source(scene: str, matcher: str, methods: list[str], work: Path, num_neighbors: int,
                  matcher_options: str | None = None) -> tuple[Path, float]:
     """Match once per (scene, matcher); returns (folder with the raw matches, seconds spent).
@@ -120,7 +129,7 @@ def match_source(scene: str, matcher: str, methods: list[str], work: Path, num_n
         src = base / "union"
         pairs: set[tuple[str, str]] = set()
         for method in methods:
-            run_pairs(base / method, images, {"method": method, "num_neighbors": num_neighbors})
+            run_pairs(base / method, images, pairs_options(method, num_neighbors))
             pairs.update(read_pairs(base / method / "pairs.txt"))
         write_pairs(src / "pairs.txt", sorted(pairs))  # untouched when unchanged
     run_matching(src, images, {"matcher": matcher, "matcher_options": matcher_options})
@@ -148,7 +157,7 @@ def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Pat
     out = base / {"estimated": method, "gt": f"{method}_gtK", "shared": f"{method}_shared"}[intrinsics]
     if intrinsics != "gt" and camera_model != "SIMPLE_RADIAL":
         out = out.with_name(f"{out.name}_{camera_model.lower()}")
-    run_pairs(out, images, {"method": method, "num_neighbors": num_neighbors})
+    run_pairs(out, images, pairs_options(method, num_neighbors))
     if out != source:
         copy_raw_matches(source / "matches.h5", out / "matches.h5", read_pairs(out / "pairs.txt"))
         run_matching(out, images, {"matcher": matcher, "matcher_options": matcher_options})  # nothing left: resumes
@@ -193,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", nargs="+", default=["herzjesu-P8", "castle-P30"])
     ap.add_argument("--matchers", nargs="+", default=["xfeat-star", "sift"])
-    ap.add_argument("--pairs", nargs="+", default=["exhaustive", "sequential", "retrieval"])
+    ap.add_argument("--pairs", nargs="+", default=["exhaustive", "sequential", "retrieval"],
+                    choices=["exhaustive", "sequential", "retrieval", "sequential+loop"],
+                    help="pair selection methods (sequential+loop: sequential with retrieval loop closure)")
     ap.add_argument("--mappers", nargs="+", default=["incremental", "global"])
     ap.add_argument("--intrinsics", nargs="+", default=["estimated"], choices=["estimated", "shared", "gt"],
                     help="camera policy: estimated (library default), shared (one estimated camera) and/or gt "
