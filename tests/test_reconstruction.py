@@ -333,6 +333,12 @@ def test_second_pass_maps_again_without_the_contradicted_pairs(scene, tmp_path, 
     best, attempts = map_database(db_path, scene / "images", cfg, num_images=5)
     assert best is sound and attempts[0]["chosen"] and attempts[1]["supported"] == 4 and not attempts[1]["chosen"]
     assert [(a["mapper"], a["registered"]) for a in attempts[2:]] == [("global+incremental", 0)] * 4
+    # ... unless it lost no more than second_pass_max_loss of the images (here 1 of 5): the image only the first
+    # model supports is left out (the repair's to add back)
+    best, attempts = map_database(db_path, scene / "images", replace(cfg, second_pass_max_loss=0.2), num_images=5)
+    assert best is second and attempts[1]["chosen"] and not attempts[0]["chosen"] and attempts[1]["supported"] == 4
+    best, _ = map_database(db_path, scene / "images", replace(cfg, second_pass_max_loss=0.19), num_images=5)
+    assert best is sound  # 0.19 * 5 images rounds down to 0
     # off, or nothing to prune: one pass
     calls.clear()
     map_database(db_path, scene / "images", MappingConfig(retry_seeds=0, second_pass="none"), num_images=5)
@@ -378,6 +384,8 @@ def test_errors(tmp_path):
         run_mapping(tmp_path, tmp_path, {"mapper": "hierarchical"})
     with pytest.raises(ValueError, match="second_pass"):
         run_mapping(tmp_path, tmp_path, {"second_pass": "twice"})
+    with pytest.raises(ValueError, match="second_pass_max_loss"):
+        run_mapping(tmp_path, tmp_path, {"second_pass_max_loss": 1.5})
 
 
 def test_many_weak_wrong_pairs_do_not_outvote_strong_right_ones():
