@@ -870,7 +870,8 @@ def _second_pass(db_path: Path, images: Path, tmpdir: Path, cfg: MappingConfig, 
     the incremental mapper placed 0029 7.9 m off where its own camera let 54 % of its inliers agree,
     the second pass left it unsupported (29 of 30); the first model measured 0.414 deg median rotation
     error after refinement, 0.451 with 0029 removed, where the runs that took the second pass and let
-    the repair (:func:`loftr_sfm.pipeline.repair_dropped_images`) add 0029 back reached 0.071-0.081.
+    the repair (:func:`loftr_sfm.pipeline.repair_dropped_images`) add 0029 back reached 0.071-0.081
+    (a bad run with this rule: 0.082, the repair placing 0029 itself 2 deg off).
     Cameras whose intrinsics are refined start from the first model's values (:func:`calibrate_from_model`).
     """
     bad = contradicted_pairs(agreement, cfg.min_pair_agreement, exclude=set(best_attempt["unsupported_images"]))
