@@ -741,9 +741,9 @@ def extend_model(start, db_path: Path, images: Path, work: Path, cfg: MappingCon
     calibrated = work / "start.db"
     shutil.copy2(db_path, calibrated)
     calibrate_from_model(calibrated, start)
+    posed = {im.name for im in start.images.values() if im.has_pose}
     with pycolmap.Database.open(str(db_path)) as db:
-        missing = sum(1 for im in db.read_all_images() if not start.find_image_with_name(im.name)
-                      or not start.find_image_with_name(im.name).has_pose)
+        missing = sum(im.name not in posed for im in db.read_all_images())
     if missing and calibrate_new_images(calibrated, start) == missing:
         # every new image has the shared camera: held, so that few points cannot pull its focal length off
         cfg = replace(cfg, refine_focal_length=False, refine_principal_point=False, refine_extra_params=False)
@@ -1317,7 +1317,8 @@ def run_mapping(
     if cfg.second_pass not in ("none", *MAPPERS):
         raise ValueError(f"unknown second_pass {cfg.second_pass!r}; choose one of {('none', *MAPPERS)}")
     if not 0.0 <= cfg.second_pass_max_loss < 1.0:
-        raise ValueError(f"second_pass_max_loss must be in [0, 1) (a share of the images), got {cfg.second_pass_max_loss}")
+        raise ValueError(f"second_pass_max_loss must be in [0, 1) (a share of the images), got "
+                         f"{cfg.second_pass_max_loss}")
     if cfg.relative_filter_factor is not None and cfg.relative_filter_factor <= 1.0:
         raise ValueError(f"relative_filter_factor must be > 1 (a multiple of the median error), got "
                          f"{cfg.relative_filter_factor}")
@@ -1494,9 +1495,7 @@ def triangulate_from_poses(
                 if cid not in added:
                     sc, dc = src.cameras[img.camera_id], db_cams[cid]
                     if (sc.width, sc.height) == (dc.width, dc.height):
-                        cam = pycolmap.Camera(camera_id=cid, model=sc.model, width=sc.width, height=sc.height,
-                                              params=list(sc.params))
-                        cam.has_prior_focal_length = True
+                        cam = _prior(cid, sc)
                         db.update_camera(cam)
                     else:
                         logger.warning("triangulate_from_poses: camera of %s is %dx%d in the pose model but %dx%d in the "
