@@ -18,6 +18,7 @@ HDF5 layouts (hloc-compatible):
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import tempfile
@@ -297,3 +298,25 @@ def read_raw_matches(h5, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray
     key, rev = find_pair(h5, name0, name1)
     k0, k1, sc = read_raw_group(h5[key], f"{getattr(h5, 'filename', 'h5')}: pair {key}")
     return (k1, k0, sc) if rev else (k0, k1, sc)
+
+
+def matches_backend(output: str | Path) -> str | None:
+    """The matcher backend behind ``output``'s matches (``eloftr``, ``xfeat-star``, ``sift``...), or None.
+
+    The ``matcher`` attribute of ``matches.h5`` (written by the matching stage), else the keypoints
+    preset ``features.h5`` was merged with (raw matches brought from elsewhere), else unknown. Stages
+    with matcher-dependent defaults treat unknown as semi-dense, as the keypoints preset ``auto`` does.
+    """
+    import h5py
+
+    output = Path(output)
+    with contextlib.suppress(OSError, KeyError, ValueError, TypeError):
+        with h5py.File(output / "matches.h5", "r") as f:
+            matcher = f.attrs.get("matcher")
+        if matcher is not None:
+            return matcher.decode() if isinstance(matcher, bytes) else str(matcher)
+    with contextlib.suppress(OSError, KeyError, ValueError, TypeError):
+        with h5py.File(output / "features.h5", "r") as f:
+            preset = json.loads(f.attrs["loftr_sfm_config"]).get("preset")
+        return preset if preset != "auto" else None
+    return None

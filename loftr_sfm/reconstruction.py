@@ -121,7 +121,6 @@ As for track refinement, the unfiltered model is kept if an image would be left 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import shutil
@@ -133,7 +132,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import InputError
+from .io import InputError, matches_backend
 from .utils import Timer, merge_config
 
 logger = logging.getLogger(__name__)
@@ -162,6 +161,7 @@ class MappingConfig:
     agreement_max_error: float = 4.0  # px, Sampson distance under which an inlier agrees with the model
     second_pass: str = "global"  # none | global | incremental: map again without the pairs the model contradicts
     second_pass_max_loss: float = 0.05  # ... taken even if it supports up to this share of the images fewer
+    max_model_overlap: int | None = None  # images an incremental sub-model may share with earlier ones (None: any)
     refine_tracks: str = "auto"  # auto | on | off: multi-view track refinement (auto: off for sift matches)
     track_refinement: str | None = None  # TrackRefinementConfig options: 'key=value,key=value' or a JSON object
     relative_filter: bool = True  # last, drop observations beyond a multiple of the median reprojection error
@@ -680,6 +680,10 @@ def _incremental_options(cfg: MappingConfig, seed: int):
     o.num_threads = cfg.num_threads
     o.random_seed = seed
     o.min_num_matches = cfg.min_num_matches
+    # pycolmap stops a sub-model once it shares 20 images with an earlier one; fox (XFeat*, sequential pairs
+    # without the pairs under min_inlier_ratio): the first model ended at the video's gap (37 images), the
+    # second grew from the far side across the gap and was stopped at 50 of 67; unlimited, it took all 67
+    o.max_model_overlap = cfg.max_model_overlap if cfg.max_model_overlap is not None else 1 << 30
     o.ba_refine_focal_length = cfg.refine_focal_length
     o.ba_refine_principal_point = cfg.refine_principal_point
     o.ba_refine_extra_params = cfg.refine_extra_params
@@ -955,17 +959,7 @@ def track_refinement_wanted(cfg: MappingConfig, output: Path) -> bool:
     """
     if cfg.refine_tracks != "auto":
         return cfg.refine_tracks == "on"
-    import h5py
-
-    matcher = None
-    with contextlib.suppress(OSError, KeyError, ValueError, TypeError):
-        with h5py.File(output / "matches.h5", "r") as f:
-            matcher = f.attrs.get("matcher")
-        matcher = matcher.decode() if isinstance(matcher, bytes) else matcher
-        if matcher is None:
-            with h5py.File(output / "features.h5", "r") as f:
-                preset = json.loads(f.attrs["loftr_sfm_config"]).get("preset")
-            matcher = preset if preset != "auto" else None
+    matcher = matches_backend(output)
     return matcher != "sift"
 
 

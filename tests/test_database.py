@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,7 +11,15 @@ import numpy as np
 import pycolmap
 import pytest
 
-from loftr_sfm.database import DatabaseConfig, database_stats, image_ids_by_name, run_database, verify_database
+from loftr_sfm.database import (
+    SEMI_DENSE_MIN_INLIER_RATIO,
+    DatabaseConfig,
+    database_stats,
+    image_ids_by_name,
+    min_inlier_ratio,
+    run_database,
+    verify_database,
+)
 from loftr_sfm.io import InputError, read_pairs, write_pairs
 from loftr_sfm.keypoints import read_features, read_matches, run_keypoints
 
@@ -153,3 +162,42 @@ def test_resume_and_bad_matches(scene, tmp_path):
     with pytest.raises(InputError, match="out of sync"):
         run_database(bad, scene / "images")
     assert not (bad / "database.db").exists()
+
+
+def test_min_inlier_ratio_defaults_per_backend():
+    assert min_inlier_ratio(DatabaseConfig(), "sift") == 0.0  # the COLMAP baseline stays pycolmap's verification
+    assert min_inlier_ratio(DatabaseConfig(), "xfeat-star") == SEMI_DENSE_MIN_INLIER_RATIO == 0.25
+    assert min_inlier_ratio(DatabaseConfig(), None) == 0.25  # unknown matches: semi-dense
+    assert min_inlier_ratio(DatabaseConfig(min_inlier_ratio=0.1), "sift") == 0.1
+    with pytest.raises(ValueError, match="min_inlier_ratio"):
+        min_inlier_ratio(DatabaseConfig(min_inlier_ratio=1.5), "eloftr")
+
+
+def test_pair_of_chance_inliers_is_rejected(tmp_path):
+    """Random matches pass pycolmap's verification with chance inliers; the inlier ratio rejects them."""
+    out = tmp_path / "s"
+    synthetic.generate(out, synthetic.SceneConfig(num_images=4, width=640, height=480, focal=500, render=False, seed=1))
+    pairs = read_pairs(out / "pairs.txt")
+    a, b = pairs[0]
+    with h5py.File(out / "matches.h5", "r+") as f:  # the first pair's matches become garbage
+        k1 = f[a][b]["keypoints1"]
+        k1[...] = (np.random.default_rng(0).random(k1.shape) * [639, 479]).astype(np.float32)
+    run_keypoints(out, out / "images")
+
+    def inliers(cfg):
+        run_database(out, out / "images", cfg)
+        ids = image_ids_by_name(out / "database.db")
+        with _db(out / "database.db") as db:
+            return {p: (len(db.read_matches(ids[p[0]], ids[p[1]])),
+                        len(db.read_two_view_geometry(ids[p[0]], ids[p[1]]).inlier_matches)
+                        if db.exists_two_view_geometry(ids[p[0]], ids[p[1]]) else None) for p in pairs}
+
+    plain = inliers({"min_inlier_ratio": 0.0})
+    n, k = plain[(a, b)]
+    assert n > 1000 and 15 <= k < 0.1 * n  # verified by pycolmap, on chance inliers
+    default = inliers({})  # matches.h5 says eloftr: 0.25
+    assert default[(a, b)] == (n, None)  # rejected, its matches kept
+    for p in pairs[1:]:
+        assert default[p] == plain[p] and default[p][1] > 0.9 * default[p][0]
+    assert json.loads((out / ".database.json").read_text())["stats"]["rejected_pairs"] == 1
+    assert database_stats(out / "database.db")["verified_pairs"] == len(pairs) - 1

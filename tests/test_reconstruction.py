@@ -621,3 +621,13 @@ def test_an_extension_holds_the_shared_camera_of_new_images(scene, tmp_path, mon
     monkeypatch.setattr(reconstruction, "calibrate_new_images", lambda db, rec: real(db, rec, min_images=4))
     list(reconstruction.extend_model(shared, scene / "database.db", scene / "images", tmp_path / "b", cfg))
     assert not (seen[-1].refine_focal_length or seen[-1].refine_extra_params or seen[-1].refine_principal_point)
+
+
+def test_incremental_sub_models_may_overlap_without_limit():
+    """pycolmap stops a sub-model at 20 images shared with an earlier one; the stage lifts that by default
+    (a second model that grows across a weak link must be able to take in the first one's images)."""
+    from loftr_sfm.reconstruction import _incremental_options
+
+    assert pycolmap.IncrementalPipelineOptions().max_model_overlap == 20
+    assert _incremental_options(MappingConfig(), 0).max_model_overlap >= 1 << 30
+    assert _incremental_options(MappingConfig(max_model_overlap=5), 0).max_model_overlap == 5
