@@ -255,12 +255,10 @@ def reject_low_inlier_ratio(db_path: Path, ratio: float) -> list[tuple[str, str]
     rejected = []
     with pycolmap.Database.open(str(db_path)) as db:
         names = {im.image_id: im.name for im in db.read_all_images()}
-        pair_ids, num_inliers = db.read_two_view_geometry_num_inliers()
-        for pair_id, n in zip(pair_ids, num_inliers):
-            if n == 0:
-                continue
-            a, b = pycolmap.pair_id_to_image_pair(pair_id)
-            if n < ratio * len(db.read_matches(a, b)):
+        num_matches = dict(zip(*db.read_num_matches()))  # counts only, no match blob is read
+        for pair_id, n in zip(*db.read_two_view_geometry_num_inliers()):
+            if 0 < n < ratio * num_matches.get(pair_id, 0):
+                a, b = pycolmap.pair_id_to_image_pair(pair_id)
                 db.delete_two_view_geometry(a, b)
                 rejected.append((names[a], names[b]))
     return rejected

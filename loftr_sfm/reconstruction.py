@@ -959,8 +959,7 @@ def track_refinement_wanted(cfg: MappingConfig, output: Path) -> bool:
     """
     if cfg.refine_tracks != "auto":
         return cfg.refine_tracks == "on"
-    matcher = matches_backend(output)
-    return matcher != "sift"
+    return matches_backend(output) != "sift"
 
 
 def keep_unless_images_starve(before, after, stats: dict, min_points: int, step: str):
