@@ -124,6 +124,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sqlite3
 import tempfile
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -132,6 +133,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .database import database_fingerprint
 from .io import InputError, matches_backend
 from .utils import Timer, merge_config
 
@@ -1274,6 +1276,15 @@ def write_model(rec, output: Path) -> None:
     tmp_ply.replace(output / "points.ply")
 
 
+def _same_database(summary: dict, db_path: Path) -> bool:
+    """Whether ``db_path`` holds the database an earlier ``summary`` was mapped from: same mtime, or
+    same content (:func:`loftr_sfm.database.database_fingerprint`; pycolmap rewrites a database's file
+    whenever it opens it, so a read alone changes the mtime)."""
+    if summary.get("database_mtime_ns") == db_path.stat().st_mtime_ns:
+        return True
+    return summary.get("database_fingerprint") == database_fingerprint(db_path)
+
+
 def run_mapping(
     output: Path,
     images: Path,
@@ -1293,6 +1304,10 @@ def run_mapping(
         the summary dict (also in ``summary.json``); the model itself is in ``output/model``
         (:func:`load_model`). Raises InputError if the database is missing; if no model could
         be built the summary says so (registered 0) and no model is written.
+
+    Resumable: an existing model is reused when the database's content (not its mtime, which any
+    pycolmap reader changes: :func:`_same_database`), the options and the start model are those it
+    was made from; ``overwrite`` maps again.
     """
     import pycolmap
 
@@ -1335,12 +1350,13 @@ def run_mapping(
         try:
             old = json.loads(summary_path.read_text())
             # a model made from a start model stays valid when none is given (a rerun of the stage after a repair)
-            if old.get("database_mtime_ns") == db_path.stat().st_mtime_ns and start_key in (None, old.get("start")) \
-                    and old.get("config") == {**asdict(cfg), "overwrite": False, "verbose": False}:
+            if start_key in (None, old.get("start")) and old.get("config") == {**asdict(cfg), "overwrite": False,
+                                                                                 "verbose": False} \
+                    and _same_database(old, db_path):
                 logger.info("mapping: %s is up to date, skipping (use overwrite to recompute)", output / "model")
                 old["times"] = read_stage_times(output)
                 return old
-        except (OSError, ValueError):
+        except (OSError, ValueError, sqlite3.Error):
             pass
     with pycolmap.Database.open(str(db_path)) as db:
         db_names = sorted(im.name for im in db.read_all_images())
@@ -1419,6 +1435,7 @@ def run_mapping(
         "times": read_stage_times(output),
         "config": {**asdict(cfg), "overwrite": False, "verbose": False},
         "database_mtime_ns": db_path.stat().st_mtime_ns,
+        "database_fingerprint": database_fingerprint(db_path),
         "start": start_key,
     }
     tmp = summary_path.with_suffix(".json.tmp")

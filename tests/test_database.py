@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 from loftr_sfm.database import (
     SEMI_DENSE_MIN_INLIER_RATIO,
     DatabaseConfig,
+    database_fingerprint,
     database_stats,
     image_ids_by_name,
     min_inlier_ratio,
@@ -162,6 +165,25 @@ def test_resume_and_bad_matches(scene, tmp_path):
     with pytest.raises(InputError, match="out of sync"):
         run_database(bad, scene / "images")
     assert not (bad / "database.db").exists()
+
+
+def test_fingerprint_follows_content_not_the_file(scene, tmp_path):
+    db_path = tmp_path / "database.db"
+    shutil.copy2(run_database(scene, scene / "images"), db_path)
+    fp, mtime = database_fingerprint(db_path), db_path.stat().st_mtime_ns
+    assert len(fp) == 32 and db_path.stat().st_mtime_ns == mtime  # computing it leaves the file alone
+    with _db(db_path) as db:  # a reader: pycolmap rewrites the file, the content stays
+        ids = image_ids_by_name(db_path)
+        assert db.num_images() == 6
+    assert database_fingerprint(db_path) == fp
+    with _db(db_path) as db:  # one two-view geometry fewer: another database
+        a, b = sorted(ids.values())[:2]
+        assert db.exists_two_view_geometry(a, b)
+        db.delete_two_view_geometry(a, b)
+    assert database_fingerprint(db_path) != fp
+    (tmp_path / "junk.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(sqlite3.DatabaseError):
+        database_fingerprint(tmp_path / "junk.db")
 
 
 def test_min_inlier_ratio_defaults_per_backend():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -57,6 +58,12 @@ def test_mapping_outputs_and_summary(scene):
     assert model_stats(rec)["mean_track_length"] == pytest.approx(s["mean_track_length"])
     # up to date: reused, not recomputed
     mtime = (scene / "summary.json").stat().st_mtime_ns
+    run_mapping(scene, scene / "images", MappingConfig(mapper="incremental"))
+    assert (scene / "summary.json").stat().st_mtime_ns == mtime
+    # still up to date after someone only read the database (pycolmap rewrites the file when it opens it)
+    with pycolmap.Database.open(str(scene / "database.db")) as db:
+        assert db.num_images() == 5
+    os.utime(scene / "database.db", ns=(mtime + 10**9, mtime + 10**9))
     run_mapping(scene, scene / "images", MappingConfig(mapper="incremental"))
     assert (scene / "summary.json").stat().st_mtime_ns == mtime
 
