@@ -76,14 +76,37 @@ def fmt(v) -> str:
     return str(v)
 
 
-def emit_row(row: dict, columns: list[str], lines: list[str], table: Path | None) -> None:
-    """Print one markdown table row, append it to ``lines`` and rewrite ``table`` (header + rows so far)."""
-    line = "| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |"
-    lines.append(line)
+KEY_COLUMNS = 5  # scene, matcher, pairs, intrinsics, mapper: what identifies a cell of the grid
+
+
+def table_rows(table: Path | None) -> dict[tuple[str, ...], str]:
+    """The rows of an existing ``--table`` file, keyed by their cell (first :data:`KEY_COLUMNS` cells)."""
+    if table is None or not table.is_file():
+        return {}
+    rows = {}
+    for line in table.read_text().splitlines()[2:]:  # after the header and its rule
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) >= KEY_COLUMNS:
+            rows[tuple(cells[:KEY_COLUMNS])] = line
+    return rows
+
+
+def emit_row(row: dict, columns: list[str], rows: dict[tuple[str, ...], str], header: str,
+             table: Path | None) -> None:
+    """Print one markdown table row, put it into ``rows`` (replacing the same cell's) and rewrite ``table``.
+
+    ``rows`` starts with the rows already in ``table``, so a grid run in several invocations (one
+    scene at a time, say) ends with one table of every cell; a cell run again replaces its row.
+    """
+    cells = [fmt(row.get(c, "")) for c in columns]
+    line = "| " + " | ".join(cells) + " |"
+    rows[tuple(cells[:KEY_COLUMNS])] = line
     print(line, flush=True)
     if table:
         table.parent.mkdir(parents=True, exist_ok=True)
-        table.write_text("\n".join(lines) + "\n")
+        tmp = table.with_name(table.name + ".tmp")
+        tmp.write_text(header + "\n" + "\n".join(rows.values()) + "\n")
+        tmp.replace(table)
 
 
 def known_intrinsics(model: str, params: str) -> tuple[dict, dict]:
@@ -217,14 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-repair", dest="repair", action="store_false",
                     help="do not match the pairs of images the mapping check removes again (reconstruct's repair)")
     ap.add_argument("--work", type=Path, default=Path("outputs/eval"))
-    ap.add_argument("--table", type=Path, default=None, help="write the markdown table here too")
+    ap.add_argument("--table", type=Path, default=None,
+                    help="write the markdown table here too; rows already in the file are kept (a cell run "
+                         "again replaces its row), so a grid run scene by scene ends in one table")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
     if not DATA.is_dir():
         print(f"error: {DATA} not found", file=sys.stderr)
         return 2
     header = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS)
-    lines = [header]
+    rows = table_rows(args.table)  # earlier invocations' rows stay in the table
     print(header, flush=True)
     for scene in args.scenes:
         for matcher in args.matchers:
@@ -236,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                 for row in run_one(scene, matcher, method, args.mappers, args.work, args.num_neighbors,
                                    source, spent, intrinsics, args.matcher_options, args.repair,
                                    args.camera_model):
-                    emit_row(row, COLUMNS, lines, args.table)
+                    emit_row(row, COLUMNS, rows, header, args.table)
     return 0
 
 

@@ -248,3 +248,34 @@ def test_evaluate_reconstruction_program(tmp_path, capsys):
     # 435 pairs, the 29 with the missing image fail, the rest are exact
     assert data["auc"]["1"] == pytest.approx(406 / 435, abs=1e-4)
     assert mod.main(["--model", str(tmp_path / "nothing"), "--gt", str(gt_dir)]) == 2
+
+
+def test_evaluate_scenes_table_keeps_earlier_rows(tmp_path):
+    """pipelines/evaluate_scenes.py --table: a grid run in pieces ends in one table, a rerun cell replaces its row."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("evaluate_scenes", REPO / "pipelines" / "evaluate_scenes.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cols = mod.COLUMNS
+    header = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols)
+    table = tmp_path / "results.md"
+
+    def row(scene, mapper, med):
+        return {"scene": scene, "matcher": "sift", "pairs": "exhaustive", "intrinsics": "estimated", "mapper": mapper,
+                "registered": "8/8", "rot_med_deg": med}
+
+    rows = mod.table_rows(table)  # first invocation: no file yet
+    assert rows == {}
+    mod.emit_row(row("herzjesu-P8", "incremental", 0.149), cols, rows, header, table)
+    mod.emit_row(row("herzjesu-P8", "global", 0.147), cols, rows, header, table)
+    rows = mod.table_rows(table)  # second invocation: another scene, and one cell again
+    assert len(rows) == 2
+    mod.emit_row(row("fox", "incremental", 0.217), cols, rows, header, table)
+    mod.emit_row(row("herzjesu-P8", "global", 0.5), cols, rows, header, table)
+    lines = table.read_text().splitlines()
+    assert lines[:2] == header.splitlines() and len(lines) == 5
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["herzjesu-P8", "herzjesu-P8", "fox"]
+    assert "| 0.500 |" in lines[3] and "0.147" not in table.read_text()
