@@ -54,6 +54,7 @@ logger = logging.getLogger("evaluate_scenes")
 
 COLUMNS = ["scene", "matcher", "pairs", "intrinsics", "mapper", "registered", "rot_med_deg", "rot_max_deg", "pos_med",
            "AUC@1", "AUC@2", "AUC@5", "points", "track", "reproj_px", "match_s", "map_s"]
+HEADER = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS)
 
 
 def copy_raw_matches(src: Path, dst: Path, pairs: list[tuple[str, str]]) -> None:
@@ -91,8 +92,7 @@ def table_rows(table: Path | None) -> dict[tuple[str, ...], str]:
     return rows
 
 
-def emit_row(row: dict, columns: list[str], rows: dict[tuple[str, ...], str], header: str,
-             table: Path | None) -> None:
+def emit_row(row: dict, columns: list[str], rows: dict[tuple[str, ...], str], table: Path | None) -> None:
     """Print one markdown table row, put it into ``rows`` (replacing the same cell's) and rewrite ``table``.
 
     ``rows`` starts with the rows already in ``table``, so a grid run in several invocations (one
@@ -103,10 +103,8 @@ def emit_row(row: dict, columns: list[str], rows: dict[tuple[str, ...], str], he
     rows[tuple(cells[:KEY_COLUMNS])] = line
     print(line, flush=True)
     if table:
-        table.parent.mkdir(parents=True, exist_ok=True)
-        tmp = table.with_name(table.name + ".tmp")
-        tmp.write_text(header + "\n" + "\n".join(rows.values()) + "\n")
-        tmp.replace(table)
+        with atomic_path(table) as tmp:
+            tmp.write_text(HEADER + "\n" + "\n".join(rows.values()) + "\n")
 
 
 def known_intrinsics(model: str, params: str) -> tuple[dict, dict]:
@@ -248,9 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     if not DATA.is_dir():
         print(f"error: {DATA} not found", file=sys.stderr)
         return 2
-    header = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS)
     rows = table_rows(args.table)  # earlier invocations' rows stay in the table
-    print(header, flush=True)
+    print(HEADER, flush=True)
     for scene in args.scenes:
         for matcher in args.matchers:
             source, match_s = match_source(scene, matcher, args.pairs, args.work, args.num_neighbors,
@@ -261,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 for row in run_one(scene, matcher, method, args.mappers, args.work, args.num_neighbors,
                                    source, spent, intrinsics, args.matcher_options, args.repair,
                                    args.camera_model):
-                    emit_row(row, COLUMNS, rows, header, args.table)
+                    emit_row(row, COLUMNS, rows, args.table)
     return 0
 
 

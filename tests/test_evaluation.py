@@ -260,7 +260,6 @@ def test_evaluate_scenes_table_keeps_earlier_rows(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     cols = mod.COLUMNS
-    header = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols)
     table = tmp_path / "results.md"
 
     def row(scene, mapper, med):
@@ -269,13 +268,13 @@ def test_evaluate_scenes_table_keeps_earlier_rows(tmp_path):
 
     rows = mod.table_rows(table)  # first invocation: no file yet
     assert rows == {}
-    mod.emit_row(row("herzjesu-P8", "incremental", 0.149), cols, rows, header, table)
-    mod.emit_row(row("herzjesu-P8", "global", 0.147), cols, rows, header, table)
+    mod.emit_row(row("herzjesu-P8", "incremental", 0.149), cols, rows, table)
+    mod.emit_row(row("herzjesu-P8", "global", 0.147), cols, rows, table)
     rows = mod.table_rows(table)  # second invocation: another scene, and one cell again
     assert len(rows) == 2
-    mod.emit_row(row("fox", "incremental", 0.217), cols, rows, header, table)
-    mod.emit_row(row("herzjesu-P8", "global", 0.5), cols, rows, header, table)
+    mod.emit_row(row("fox", "incremental", 0.217), cols, rows, table)
+    mod.emit_row(row("herzjesu-P8", "global", 0.5), cols, rows, table)
     lines = table.read_text().splitlines()
-    assert lines[:2] == header.splitlines() and len(lines) == 5
+    assert lines[:2] == mod.HEADER.splitlines() and len(lines) == 5
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["herzjesu-P8", "herzjesu-P8", "fox"]
     assert "| 0.500 |" in lines[3] and "0.147" not in table.read_text()
