@@ -254,3 +254,20 @@ def test_auto_preset_follows_the_matcher_attribute(tmp_path):
     assert (cfg["cell_size"], cfg["max_error"]) == (0.25, 1.0)
     with pytest.raises(ValueError, match="preset"):
         run_keypoints(tmp_path, config={"preset": "superglue"})
+
+
+def test_components_from_sorted_edges_match_the_general_path():
+    """The CSR built directly from edges sorted by e0 gives the same tracks as the COO path."""
+    from loftr_sfm.keypoints import _components
+
+    rng = np.random.default_rng(5)
+    n = 5000
+    e0, e1 = rng.integers(0, n, 3000).astype(np.int32), rng.integers(0, n, 3000).astype(np.int32)
+    o = np.lexsort((e1, e0))
+    fast = _components(e0[o], e1[o], n)  # sorted by e0: direct CSR
+    general = _components(e0, e1, n)  # unsorted: COO -> CSR
+    assert fast.max() > 1000  # many tracks, many singletons
+    # the same partition of the nodes (labels may be numbered differently)
+    pairs = np.unique(np.stack([fast, general], 1), axis=0)
+    assert len(pairs) == len(np.unique(fast)) == len(np.unique(general))
+    assert np.array_equal(_components(e0[:0], e1[:0], 4), np.arange(4))
