@@ -69,6 +69,7 @@ class DatabaseConfig:
     ransac_min_inlier_ratio: float = 0.1
     min_num_inliers: int = 15
     min_inlier_ratio: float | None = None  # reject pairs with fewer inliers than this share of matches (None: 0.25, sift 0)
+    weak_link_pairs: int = 5  # warn where images up to a name and after it share at most this many verified pairs (0: off)
     num_threads: int = -1
     verbose: bool = False
     overwrite: bool = False
@@ -159,7 +160,8 @@ def _signature(output: Path, images: Path | None, cfg: DatabaseConfig) -> str:
             st = p.stat()
             h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
     h.update(str(images).encode())
-    h.update(json.dumps({**asdict(cfg), "overwrite": False, "verbose": False}, sort_keys=True).encode())
+    content = {k: v for k, v in asdict(cfg).items() if k != "weak_link_pairs"}  # a warning, not content
+    h.update(json.dumps({**content, "overwrite": False, "verbose": False}, sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -262,6 +264,55 @@ def reject_low_inlier_ratio(db_path: Path, ratio: float) -> list[tuple[str, str]
                 db.delete_two_view_geometry(a, b)
                 rejected.append((names[a], names[b]))
     return rejected
+
+
+def weak_links(db_path: Path, max_pairs: int = 5, max_share: float = 0.25, min_side: int = 3,
+               min_inliers: int = 15) -> list[dict]:
+    """Places in name order where the collection hangs on a few verified pairs.
+
+    Every cut of the images sorted by name (the order of sequential pairs: the images up to one
+    name against those after it) is crossed by the verified pairs (``min_inliers`` inliers or more)
+    with an image on each side. A cut whose two sides hold ``min_side`` images or more and which at
+    most ``max_pairs`` pairs and at most ``max_share`` of the median cut's pairs cross is weak: a
+    video with a gap matched with sequential pairs (fox, 10 neighbours: 4 pairs hold its two halves,
+    against a median of 54), or photos of separate places (0 pairs). The model bends or splits
+    there. Runs of consecutive weak cuts are reported once, at the cut crossed by the fewest pairs
+    (the first on ties).
+
+    Returns:
+        ``[{"after": name, "before": next name, "verified_pairs": n, "pairs": [[a, b], ...]}]``
+        in name order; ``pairs`` are the crossing pairs.
+    """
+    import pycolmap
+
+    with pycolmap.Database.open(str(db_path)) as db:
+        names = {im.image_id: im.name for im in db.read_all_images()}
+        pair_ids, n_inl = db.read_two_view_geometry_num_inliers()
+    order = sorted(names.values())
+    n = len(order)
+    if n < 2 * min_side:
+        return []
+    rank = {name: r for r, name in enumerate(order)}
+    pairs = [pycolmap.pair_id_to_image_pair(int(p)) for p, k in zip(pair_ids, n_inl) if k >= min_inliers]
+    ends = np.array([sorted((rank[names[a]], rank[names[b]])) for a, b in pairs], np.int64).reshape(-1, 2)
+    ends = ends[np.lexsort((ends[:, 1], ends[:, 0]))]  # in name order, whatever the image ids
+    delta = np.zeros(n + 1, np.int64)
+    np.add.at(delta, ends[:, 0], 1)
+    np.add.at(delta, ends[:, 1], -1)
+    cut = np.cumsum(delta)[: n - 1]  # cut[k]: pairs between images 0..k and k+1..n-1
+    inner = cut[min_side - 1 : n - min_side]
+    weak = np.zeros(n - 1, bool)
+    weak[min_side - 1 : n - min_side] = (inner <= max_pairs) & (inner <= max_share * np.median(inner))
+    out = []
+    starts = np.flatnonzero(weak & ~np.r_[False, weak[:-1]])
+    for a in starts:
+        rest = ~weak[a:]
+        b = a + int(np.argmax(rest)) if rest.any() else n - 1  # the run of weak cuts is a..b-1
+        k = a + int(np.argmin(cut[a:b]))
+        crossing = ends[(ends[:, 0] <= k) & (ends[:, 1] > k)]
+        out.append({"after": order[k], "before": order[k + 1], "verified_pairs": int(cut[k]),
+                    "pairs": [[order[i], order[j]] for i, j in crossing.tolist()]})
+    return out
 
 
 def database_stats(db_path: Path) -> dict:
@@ -374,7 +425,15 @@ def run_database(output: Path, images: Path, config: DatabaseConfig | None = Non
                     logger.info("database: rejected %d verified pair(s) with fewer inliers than %.0f %% of their "
                                 "matches (min_inlier_ratio), e.g. %s", len(rejected), 100 * ratio,
                                 ", ".join(f"{a} {b}" for a, b in rejected[:3]))
-            stats = {**database_stats(tmp), "rejected_pairs": len(rejected)}
+            links = weak_links(tmp, cfg.weak_link_pairs) if cfg.verify and cfg.weak_link_pairs > 0 else []
+            for link in links:
+                logger.warning(
+                    "database: the images up to %s and those from %s on (name order) are linked by %s; the "
+                    "model may bend or split there (a video with a gap: add loop-closure pairs, `loftr-sfm pairs "
+                    "--method sequential --loop-closure`, or use retrieval pairs)", link["after"], link["before"],
+                    f"only {link['verified_pairs']} verified pair(s) "
+                    f"({', '.join(f'{a} {b}' for a, b in link['pairs'])})" if link["pairs"] else "no verified pair")
+            stats = {**database_stats(tmp), "rejected_pairs": len(rejected), "weak_links": links}
         stamp.write_text(json.dumps({"signature": sig, "stats": stats}, indent=1))
     logger.info(
         "database: %d images, %d cameras, %d keypoints, %d matched pairs, %d verified pairs in %.1f s",
@@ -390,5 +449,5 @@ def run_database(output: Path, images: Path, config: DatabaseConfig | None = Non
 
 
 __all__ = ["DatabaseConfig", "CAMERA_MODES", "SEMI_DENSE_MIN_INLIER_RATIO", "make_cameras", "write_database",
-           "verify_database", "min_inlier_ratio", "reject_low_inlier_ratio", "database_stats",
+           "verify_database", "min_inlier_ratio", "reject_low_inlier_ratio", "weak_links", "database_stats",
            "image_ids_by_name", "run_database"]

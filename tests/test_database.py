@@ -223,3 +223,57 @@ def test_pair_of_chance_inliers_is_rejected(tmp_path):
         assert default[p] == plain[p] and default[p][1] > 0.9 * default[p][0]
     assert json.loads((out / ".database.json").read_text())["stats"]["rejected_pairs"] == 1
     assert database_stats(out / "database.db")["verified_pairs"] == len(pairs) - 1
+
+
+def _graph_db(path, n, pairs, inliers=30):
+    """A database of ``n`` images 00.png ... with a two-view geometry of ``inliers`` inliers per pair."""
+    with pycolmap.Database.open(str(path)) as db:
+        cam = db.write_camera(pycolmap.Camera.create_from_model_name(1, "SIMPLE_RADIAL", 500.0, 640, 480))
+        # ids deliberately not in name order
+        ids = {i: db.write_image(pycolmap.Image(name=f"{i:02d}.png", camera_id=cam)) for i in reversed(range(n))}
+        for a, b in pairs:
+            g = pycolmap.TwoViewGeometry()
+            g.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
+            k = inliers if not isinstance(inliers, dict) else inliers.get((a, b), 30)
+            g.inlier_matches = np.stack([np.arange(k), np.arange(k)], 1).astype(np.uint32)
+            db.write_two_view_geometry(ids[a], ids[b], g)
+
+
+def test_weak_links_find_the_gap_of_a_video(tmp_path):
+    from loftr_sfm.database import weak_links
+
+    seq = lambda lo, hi, k: [(i, j) for i in range(lo, hi) for j in range(i + 1, min(i + k + 1, hi))]  # noqa: E731
+    # two halves of 10 images, 4 neighbours each, held by 2 pairs (and one pair of 14 inliers: ignored)
+    _graph_db(tmp_path / "gap.db", 20, seq(0, 10, 4) + seq(10, 20, 4) + [(7, 11), (9, 12), (8, 10)],
+              inliers={(8, 10): 14})
+    links = weak_links(tmp_path / "gap.db")
+    assert links == [{"after": "09.png", "before": "10.png", "verified_pairs": 2,
+                      "pairs": [["07.png", "11.png"], ["09.png", "12.png"]]}]
+    # separate places: no pair at all across
+    _graph_db(tmp_path / "split.db", 12, seq(0, 6, 3) + seq(6, 12, 3))
+    assert [(x["after"], x["verified_pairs"], x["pairs"]) for x in weak_links(tmp_path / "split.db")] == \
+        [("05.png", 0, [])]
+    # sequential pairs with 2 neighbours: 3 pairs cross every cut, none is weaker than the others
+    _graph_db(tmp_path / "thin.db", 12, seq(0, 12, 2))
+    assert weak_links(tmp_path / "thin.db") == []
+    # a weak cut near the ends (fewer than 3 images on one side) is a weakly attached image, not a gap
+    _graph_db(tmp_path / "end.db", 12, seq(2, 12, 4) + [(0, 1), (1, 2)])
+    assert weak_links(tmp_path / "end.db") == []
+
+
+def test_database_stage_warns_of_weak_links(tmp_path, caplog):
+    """Sequential pairs of a synthetic video whose middle pairs are gone: the stage says where and what to do."""
+    out = tmp_path / "s"
+    synthetic.generate(out, synthetic.SceneConfig(num_images=16, width=320, height=240, focal=280, render=False,
+                                                  pairs="sequential", num_neighbors=4, seed=2))
+    pairs = [p for p in read_pairs(out / "pairs.txt")
+             if not (p[0] < "img_008" <= p[1]) or p == ("img_007.png", "img_008.png")]  # one pair across 7 | 8
+    write_pairs(out / "pairs.txt", pairs)
+    run_keypoints(out, out / "images")
+    with caplog.at_level("WARNING", logger="loftr_sfm.database"):
+        run_database(out, out / "images")
+    links = json.loads((out / ".database.json").read_text())["stats"]["weak_links"]
+    assert [(x["after"], x["verified_pairs"]) for x in links] == [("img_007.png", 1)]
+    assert "img_007.png and those from img_008.png on" in caplog.text and "--loop-closure" in caplog.text
+    run_database(out, out / "images", {"weak_link_pairs": 0})  # a warning only: the database is up to date
+    assert json.loads((out / ".database.json").read_text())["stats"]["weak_links"] == links
