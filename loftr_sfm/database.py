@@ -393,6 +393,8 @@ def run_database(output: Path, images: Path, config: DatabaseConfig | None = Non
         if not p.is_file():
             raise InputError(f"{p} does not exist: run the keypoints stage first")
     ratio = min_inlier_ratio(cfg, matches_backend(output)) if cfg.verify else 0.0
+    if cfg.weak_link_pairs < 0:
+        raise ValueError(f"weak_link_pairs must be >= 0 (0: no warning), got {cfg.weak_link_pairs}")
     sig = _signature(output, images, cfg)
     if not cfg.overwrite and db_path.is_file() and stamp.is_file():
         try:
@@ -425,7 +427,8 @@ def run_database(output: Path, images: Path, config: DatabaseConfig | None = Non
                     logger.info("database: rejected %d verified pair(s) with fewer inliers than %.0f %% of their "
                                 "matches (min_inlier_ratio), e.g. %s", len(rejected), 100 * ratio,
                                 ", ".join(f"{a} {b}" for a, b in rejected[:3]))
-            links = weak_links(tmp, cfg.weak_link_pairs) if cfg.verify and cfg.weak_link_pairs > 0 else []
+            links = (weak_links(tmp, cfg.weak_link_pairs, min_inliers=cfg.min_num_inliers)
+                     if cfg.verify and cfg.weak_link_pairs > 0 else [])
             for link in links:
                 logger.warning(
                     "database: the images up to %s and those from %s on (name order) are linked by %s; the "

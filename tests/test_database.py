@@ -277,3 +277,5 @@ def test_database_stage_warns_of_weak_links(tmp_path, caplog):
     assert "img_007.png and those from img_008.png on" in caplog.text and "--loop-closure" in caplog.text
     run_database(out, out / "images", {"weak_link_pairs": 0})  # a warning only: the database is up to date
     assert json.loads((out / ".database.json").read_text())["stats"]["weak_links"] == links
+    with pytest.raises(ValueError, match="weak_link_pairs"):
+        run_database(out, out / "images", {"weak_link_pairs": -1})
