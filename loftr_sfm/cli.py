@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repair", type=_parse_bool, nargs="?", const=True, default=True, metavar="BOOL",
                    help="match the pairs of images the mapping check removes again, stricter (XFeat*: ratio test), "
                         "and keep the new model if it registers more images (default: true)")
+    p.add_argument("--bridge-weak-links", type=_parse_bool, nargs="?", const=True, default=True, metavar="BOOL",
+                   help="sequential pairs without loop closure: if the database stage finds weak links (a video "
+                        "with a gap), select the pairs again with loop closure and go on from there (default: true)")
 
     _add_stage(sub, "pairs", "select image pairs -> pairs.txt", True)
     _add_stage(sub, "match", "match the pairs -> matches.h5 (raw, per pair)", True)
@@ -210,6 +213,7 @@ def run(argv: list[str] | None = None) -> Any:
             args.images, args.output,
             pairs=configs["pairs"], matching=configs["match"], keypoints=configs["keypoints"],
             database=configs["database"], mapping=configs["map"], repair=args.repair,
+            bridge_weak_links=args.bridge_weak_links,
         )
     if cmd in ("pairs", "match", "keypoints", "database", "map"):
         module, cls_name, _ = STAGE_CONFIGS[cmd]

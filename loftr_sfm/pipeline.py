@@ -1,10 +1,12 @@
 """``reconstruct``: the stages in order, each timed, then the repair of removed images.
 
 pairs -> matches -> keypoints -> database -> reconstruction. Every stage is resumable, so
-rerunning the same command after an interruption recomputes only what is missing. Images that the
-mapping check removes, and images the mapper could not register, get one more chance: their pairs
-are matched again with the backend's stricter options and they are registered into the model again
-(:func:`repair_dropped_images`).
+rerunning the same command after an interruption recomputes only what is missing. Sequential pairs
+that leave the collection hanging on a few verified pairs (the database stage's weak links: a video
+with a gap) are selected again with loop closure before mapping, and the stages after the pairs run
+again (only the new pairs are matched). Images that the mapping check removes, and images the mapper
+could not register, get one more chance: their pairs are matched again with the backend's stricter
+options and they are registered into the model again (:func:`repair_dropped_images`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from loftr_sfm.io import atomic_path
 from loftr_sfm.utils import Timer
 
 logger = logging.getLogger(__name__)
@@ -32,6 +35,7 @@ def reconstruct(
     database: Any = None,
     mapping: Any = None,
     repair: bool = True,
+    bridge_weak_links: bool = True,
 ):
     """Run every stage on ``images`` and write the results into ``output``.
 
@@ -42,6 +46,11 @@ def reconstruct(
         repair: match the pairs of images the mapping check removes (or the mapper does not register)
             again with the backend's stricter options and keep the result if it registers more images
             (:func:`repair_dropped_images`).
+        bridge_weak_links: with sequential pairs without loop closure, if the database stage finds
+            weak links (:func:`loftr_sfm.database.weak_links`: a video with a gap), select the pairs
+            again with loop closure and run the stages after it again (matching only the new pairs);
+            recorded in ``.bridged_weak_links.json`` (a rerun starts with loop closure) and in the
+            summary (``bridged_weak_links``).
     Returns:
         The mapping summary (registered/total images, points, track length, reprojection error,
         per-stage times; also saved as ``summary.json``). The model itself:
@@ -61,24 +70,64 @@ def reconstruct(
     keypoints_cfg = merge_config(KeypointsConfig, keypoints)
     if keypoints_cfg.preset == "auto" and matching_cfg.matcher in PRESETS:  # the merge preset follows the matcher
         keypoints_cfg = merge_config(KeypointsConfig, keypoints_cfg, preset=matching_cfg.matcher)
-    steps = [
-        ("pairs", run_pairs, merge_config(PairsConfig, pairs)),
-        ("matching", run_matching, matching_cfg),
-        ("keypoints", run_keypoints, keypoints_cfg),
-        ("database", run_database, merge_config(DatabaseConfig, database)),
-    ]
-    for name, fn, cfg in steps:
-        logger.info("stage %s ...", name)
-        with Timer() as t:
-            fn(output, images, cfg)
-        times[name] = t.seconds
-        logger.info("stage %s done in %.1f s", name, t.seconds)
+    pairs_cfg = merge_config(PairsConfig, pairs)
+    marker = output / BRIDGE_MARKER
+    bridge = bridge_weak_links and pairs_cfg.method == "sequential" and not pairs_cfg.loop_closure
+    bridged = None
+    if bridge and marker.is_file():  # an earlier run found weak links: start with loop closure
+        try:
+            bridged = json.loads(marker.read_text())
+            pairs_cfg, bridge = replace(pairs_cfg, loop_closure=True), False
+        except (OSError, ValueError):
+            logger.warning("%s is unreadable: ignored", marker)
+    database_cfg = merge_config(DatabaseConfig, database)
+
+    def stages(pairs_cfg) -> None:
+        steps = [
+            ("pairs", run_pairs, pairs_cfg),
+            ("matching", run_matching, matching_cfg),
+            ("keypoints", run_keypoints, keypoints_cfg),
+            ("database", run_database, database_cfg),
+        ]
+        for name, fn, cfg in steps:
+            logger.info("stage %s ...", name)
+            with Timer() as t:
+                fn(output, images, cfg)
+            times[name] = times.get(name, 0.0) + t.seconds
+            logger.info("stage %s done in %.1f s", name, t.seconds)
+
+    stages(pairs_cfg)
+    if bridge:
+        links = _weak_links(output)
+        if links:
+            logger.warning("weak link(s) in the sequential pairs (after %s): selecting the pairs again with loop "
+                           "closure (retrieval top-%d per image) and matching the new ones",
+                           ", ".join(x["after"] for x in links), pairs_cfg.loop_closure_neighbors)
+            with atomic_path(marker) as tmp:
+                tmp.write_text(json.dumps(links, indent=1))
+            bridged = links
+            stages(replace(pairs_cfg, loop_closure=True))
     mapping_cfg = merge_config(MappingConfig, mapping)
     summary = run_mapping(output, images, mapping_cfg, stage_times=times)
     if repair:
-        summary = repair_dropped_images(output, images, summary, matching_cfg, keypoints_cfg,
-                                        merge_config(DatabaseConfig, database), mapping_cfg)
+        summary = repair_dropped_images(output, images, summary, matching_cfg, keypoints_cfg, database_cfg,
+                                        mapping_cfg)
+    if bridged is not None and summary.get("bridged_weak_links") != bridged:
+        summary["bridged_weak_links"] = bridged
+        with atomic_path(output / "summary.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=1))
     return summary
+
+
+BRIDGE_MARKER = ".bridged_weak_links.json"
+
+
+def _weak_links(output: Path) -> list[dict]:
+    """The weak links the database stage recorded in ``.database.json`` ([] if none or unreadable)."""
+    try:
+        return list(json.loads((output / ".database.json").read_text())["stats"].get("weak_links", []))
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 REPAIR_DIR = "repair"

@@ -28,6 +28,7 @@ class ServedOptions:
     source: str = ""  # raw matches file to serve
     weak: str | None = None  # this image's pairs keep only `keep` matches
     keep: int = 25
+    chance: str = ""  # "a b;c d": these pairs get random matches (images that do not overlap)
 
 
 class ServedMatcher(MatcherBackend):
@@ -58,6 +59,10 @@ class ServedMatcher(MatcherBackend):
                     k0, k1 = k1, k0
                 if self.options.weak in (a, b):
                     k0, k1, sc = k0[: self.options.keep], k1[: self.options.keep], sc[: self.options.keep]
+                chance = {tuple(sorted(p.split())) for p in self.options.chance.split(";") if p}
+                if tuple(sorted((a, b))) in chance:
+                    rng = np.random.default_rng(len(ServedMatcher.calls))
+                    k1 = (rng.random(k1.shape) * np.asarray(size1[0], np.float32)).astype(np.float32)
                 out.append(PairMatches(k0, k1, sc))
                 ServedMatcher.calls.append((a, b))
         return out
@@ -141,3 +146,48 @@ def test_repair_also_registers_an_image_the_mapper_left_out(served, tmp_path):
     assert len(ServedMatcher.calls) == 15 + 5 and all(WEAK in p for p in ServedMatcher.calls[15:])
     assert s["registered"] == 6 and s["unregistered_images"] == [] and s["repair"]["images"] == [WEAK]
     assert pycolmap.Reconstruction(str(tmp_path / "on" / "model")).num_reg_images() == 6
+
+
+def test_sequential_pairs_with_a_weak_link_get_loop_closure(tmp_path):
+    """A "video" whose sequential pairs across img_007 | img_008 are chance matches but one: the database stage
+    finds the weak link, ``reconstruct`` selects the pairs again with loop closure, matches only the new pairs
+    and records it; a rerun starts there; ``bridge_weak_links=False`` keeps the sequential pairs."""
+    from loftr_sfm.io import read_pairs
+
+    register_matcher("served", ServedMatcher, overwrite=True)
+    root = tmp_path / "scene"
+    synthetic.generate(root, synthetic.SceneConfig(num_images=16, width=320, height=240, focal=280, arc_deg=60, seed=6))
+    across = [(f"img_{i:03d}.png", f"img_{j:03d}.png") for i in range(4, 8) for j in range(8, 12) if j - i <= 4]
+    chance = [p for p in across if p != ("img_007.png", "img_008.png")]  # the one right pair left across
+    opts = {"source": str(root / "matches.h5"), "chance": ";".join(f"{a} {b}" for a, b in chance)}
+
+    def run(out, **kw):
+        return reconstruct(root / "images", out, pairs={"method": "sequential", "num_neighbors": 4},
+                           matching={"matcher": "served", "matcher_options": json.dumps(opts), "num_workers": 0},
+                           mapping={"refine_tracks": "off", "retry_seeds": 0}, repair=False, **kw)
+
+    sequential = sum(min(4, 15 - i) for i in range(16))  # 16 images, 4 neighbours: 54 pairs
+    ServedMatcher.calls.clear()
+    plain = run(tmp_path / "plain", bridge_weak_links=False)
+    assert len(read_pairs(tmp_path / "plain" / "pairs.txt")) == len(ServedMatcher.calls) == sequential
+    assert "bridged_weak_links" not in plain and not (tmp_path / "plain" / ".bridged_weak_links.json").exists()
+    links = json.loads((tmp_path / "plain" / ".database.json").read_text())["stats"]["weak_links"]
+    assert [(x["after"], x["verified_pairs"]) for x in links] == [("img_007.png", 1)]
+
+    ServedMatcher.calls.clear()
+    out = tmp_path / "bridged"
+    s = run(out)
+    pairs = read_pairs(out / "pairs.txt")
+    assert len(pairs) > sequential and len(ServedMatcher.calls) == len(pairs)  # the new pairs matched once
+    assert s["bridged_weak_links"] == links
+    assert json.loads((out / ".bridged_weak_links.json").read_text()) == links
+    assert json.loads((out / "summary.json").read_text())["bridged_weak_links"] == links
+    assert s["registered"] == 16
+    # the incremental mapper crosses the gap: one model of every image at the first attempt, where the
+    # sequential pairs alone gave it two models and left the registration to the global fallback
+    assert plain["attempts"][0]["mapper"] == "incremental" and plain["attempts"][0]["registered"] < 16
+    assert [(a["mapper"], a["models"], a["registered"]) for a in s["attempts"]] == [("incremental", 1, 16)]
+    ServedMatcher.calls.clear()
+    again = run(out)  # starts with loop closure: nothing to match, the same pairs and model
+    assert ServedMatcher.calls == [] and read_pairs(out / "pairs.txt") == pairs
+    assert again["bridged_weak_links"] == links and again["registered"] == 16
