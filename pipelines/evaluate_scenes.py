@@ -10,8 +10,8 @@ Matching is done once per (scene, matcher): on the exhaustive pairs when ``exhau
 requested, else on the union of the requested methods' pairs; every run takes its pairs' raw
 matches from there (the matching stage then has nothing left to do), so all pair-selection
 methods see identical matches. Unlike ``reconstruct``, sequential pairs are not bridged where the
-database shows weak links (every matcher gets the same pairs; ``--pairs sequential+loop`` is the
-bridged variant for all of them).
+database shows weak links (every matcher gets the same pairs; ``--pairs sequential+loop`` gives
+every matcher the loop-closure pairs that bridging adds).
 
 ``--intrinsics gt`` adds runs with the GT calibration (one camera, fixed in bundle adjustment):
 with the default policy (principal point fixed at the image centre) Strecha scenes carry a
