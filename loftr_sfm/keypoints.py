@@ -12,13 +12,13 @@ float32, ``image_size`` (2,) int64 = (width, height)) and, in every pair group o
 
 The rule (all steps vectorized with numpy / scipy, no per-match Python loop):
 
-1. *Quantize*: every observation (one side of one raw match) falls into a cell of
-   ``cell_size`` px of its image; (image, cell) is a graph node whose position is the
-   score-weighted mean of its observations. Node ids are assigned image by image with a dense
-   cell table (no global sort), ordered by (image, y cell, x cell). Observations of the same physical point seen in
-   several pairs land in the same node, so tracks form.
+1. *Quantize*, streamed image by image: every observation (one side of one raw match) falls
+   into a cell of ``cell_size`` px of its image; (image, cell) is a graph node whose position is
+   the score-weighted mean of its observations. Node ids are assigned image by image with a
+   dense cell table (no global sort), ordered by (image, y cell, x cell). Observations of the
+   same physical point seen in several pairs land in the same node, so tracks form.
 2. *Edges*: every raw match links two nodes (duplicates keep the best score).
-3. *Tracks*: connected components of the node graph (``scipy.sparse.csgraph``). A component
+3. *Tracks*: connected components of the node graph (a vectorized union-find). A component
    holding several nodes of one image violates "one keypoint per image per track". Tracks
    without such a conflict are final. In the conflicting ones, for each (track, image) group
    the node with the largest support (sum of incident edge scores) is the representative and
@@ -39,12 +39,17 @@ configuration are unchanged is reused; ``features.h5`` is written atomically and
 last, so an interrupted run is simply redone; ``matches0`` is rewritten in place in
 ``matches.h5``, the raw datasets are never touched).
 
+Memory: the stage never holds the raw matches: :func:`merge_pairs` reads them image by image
+(a pair at its first image; what its second image needs is kept within a budget, else read
+again), keeps per raw match two int32 node ids and a float32 score, and per node 32 bytes
+(image, float64 position and weight, count); the later steps work on these arrays with int32
+temporaries where ids fit, in chunks where a whole-array temporary would be int64 or float64.
+
 Cost (pipelines/bench_merge.py, 2,000 pairs x 5,000 matches, 2 cores): about 15 s CPU for the
-10 M matches and about 100 bytes of peak memory per raw match on top of the raw arrays (all
-matches are held in memory; the node indexing is streamed image by image; the temporaries are
-int32 where ids fit and are built only for the nodes that need them, e.g. the support of
-duplicated nodes); on identical input it gives the same output as a per-match Python
-implementation of the rule 60-90x faster (CPU time).
+10 M matches, a peak of about 88 bytes per raw match (0.88 GB; the stage on a matches.h5 of them
+the same, where the code before 2026-12-03's streaming held the 0.19 GB of raw matches and
+peaked at 1.22 GB); on identical input it gives the same output as a per-match Python
+implementation of the rule 60-100x faster (CPU time).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -137,6 +143,12 @@ def _starts(gs: np.ndarray) -> np.ndarray:
     return m
 
 
+def _nonzero(mask: np.ndarray, dtype, chunk: int = 1 << 20) -> np.ndarray:
+    """``np.flatnonzero(mask).astype(dtype)`` without the int64 array of all indices."""
+    parts = [np.flatnonzero(mask[a : a + chunk]).astype(dtype) + a for a in range(0, len(mask), chunk)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+
 def _argbest(gs: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For runs of equal ``gs`` (sorted), the index of the first maximum of ``w`` in each run.
 
@@ -189,7 +201,7 @@ def _conflict_groups(e0, e1, ew, node_img, num_images, N):
     active = np.zeros(N, bool)
     active[e0] = True
     active[e1] = True
-    nodes = np.flatnonzero(active).astype(e0.dtype)
+    nodes = _nonzero(active, e0.dtype)
     del active
     # group by (track, image): node ids are sorted by image, so a stable sort by track alone
     # orders every track's nodes by image (and by id within an image); no (track, image) key
@@ -263,24 +275,213 @@ def _greedy_split(e0: np.ndarray, e1: np.ndarray, ew: np.ndarray, node_img: np.n
     return keep
 
 
-def _components(e0: np.ndarray, e1: np.ndarray, n_nodes: int) -> np.ndarray:
-    """Track id of every node: connected components of the edge graph.
+def _components(e0: np.ndarray, e1: np.ndarray, n_nodes: int, chunk: int = 1 << 20) -> np.ndarray:
+    """Track id of every node: connected components of the (undirected) edge graph.
 
-    Edges sorted by ``e0`` (as in :func:`merge_matches`) give the CSR matrix without a copy of
-    the edge arrays; the values are float64, the type ``connected_components`` works in, so that
-    it does not convert them either.
+    Hook-and-compress union-find, vectorized: every edge hooks the larger of its two roots onto
+    the smaller (``np.minimum.at``), then pointer jumping points every node at its root; this
+    repeats until no edge joins two roots (a few rounds: tracks are short). Edges are visited in
+    chunks, so the memory is that of a few node-sized int arrays (scipy's ``connected_components``
+    builds a float64 matrix and its transpose: 367 MB against 195 MB on bench_merge's 10 M edges,
+    about as fast). Ids are the rank of each component's smallest node, as scipy numbers them.
+
+    Returns:
+        (n_nodes,) int32 (int64 beyond 2**31 nodes) component ids.
     """
-    from scipy.sparse import coo_matrix, csr_matrix
-    from scipy.sparse.csgraph import connected_components
+    dt = np.int32 if n_nodes < 2**31 - 1 else np.int64
+    parent = np.arange(n_nodes, dtype=dt)
+    while True:
+        hooked = False
+        for a in range(0, len(e0), chunk):
+            lo = parent[e0[a : a + chunk]]
+            other = parent[e1[a : a + chunk]]
+            hi = np.maximum(lo, other)
+            np.minimum(lo, other, out=lo)
+            del other
+            m = lo != hi
+            if m.any():
+                hooked = True
+                np.minimum.at(parent, hi[m], lo[m])
+        if not hooked:
+            break
+        while True:  # pointer jumping: parent[x] <= x always, so this ends at the roots
+            jumped = parent[parent]  # (fancy indexing keeps int32 indices; np.take casts them to int64)
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
+        del jumped
+    root = np.zeros(n_nodes, bool)
+    root[parent] = True  # after the jumps every parent is a root
+    rank = np.cumsum(root, dtype=dt)
+    del root
+    rank -= 1
+    return rank[parent]
 
-    ones = np.ones(len(e0))
-    if 0 < len(e0) < 2**31 - 1 and n_nodes < 2**31 - 1 and bool(np.all(e0[1:] >= e0[:-1])):
-        indptr = np.zeros(n_nodes + 1, np.int32)
-        np.cumsum(np.bincount(e0, minlength=n_nodes), out=indptr[1:])
-        g = csr_matrix((ones, e1.astype(np.int32, copy=False), indptr), shape=(n_nodes, n_nodes))
-    else:
-        g = coo_matrix((ones, (e0, e1)), shape=(n_nodes, n_nodes)).tocsr()
-    return connected_components(g, directed=True, connection="weak")[1]
+
+#: ``read_pair(p) -> (kpts0 (N, 2), kpts1 (N, 2), scores (N,))`` of pair ``p``; called once or twice.
+PairReader = Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def _valid_observations(k0: np.ndarray, k1: np.ndarray, sc: np.ndarray, min_score: float) -> np.ndarray:
+    """(N,) bool: finite, not absurdly far outside any image, score >= ``min_score``."""
+    ok = np.isfinite(k0).all(1) & np.isfinite(k1).all(1) & np.isfinite(sc) & (sc >= min_score)
+    ok &= (np.abs(k0) < 1e7).all(1) & (np.abs(k1) < 1e7).all(1)
+    return ok
+
+
+def _index_nodes(pair_images: np.ndarray, read_pair: PairReader, num_images: int, cell_size: float,
+                 min_score: float, stats: dict, progress: bool = False, cache_bytes: int = 0):
+    """Step 1, streamed image by image: (image, cell) nodes, their positions, and the raw edges.
+
+    For image ``i`` the pairs holding it are read (side 0 pairs, then side 1 pairs, each in pair
+    order), its observations quantized and its cells numbered (ids sorted by (image, y cell,
+    x cell)); its nodes' score-weighted mean positions are accumulated right there, so no
+    observation position outlives its image. What is kept per raw match: two node ids (int32)
+    and the score (float32). A pair is read at its first image; its other image's positions are
+    kept for the second while ``cache_bytes`` allows (sequential pairs: a few neighbours' worth),
+    else the pair is read again.
+
+    Returns:
+        e0, e1: (E,) node ids of the edges (the used raw matches, duplicates merged keeping the
+        best score), sorted by (e0, e1); ``w`` (E,) float32 scores (>= 1e-6); ``node_img`` (N,)
+        int32, ``node_xy`` (N, 2) float64, ``obs_w`` (N,) float64 (sum of observation weights),
+        ``obs_n`` (N,) float32 (number of observations). Positions stay float64: the merge's
+        ``max_error`` test on float32 means flips ties of lattice data.
+    """
+    P = len(pair_images)
+    inv_cell = np.float32(1.0 / cell_size)
+    visits: list[tuple[list[int], list[int]]] = [([], []) for _ in range(num_images)]
+    for p, (i0, i1) in enumerate(pair_images.tolist()):
+        visits[i0][0].append(p)
+        visits[i1][1].append(p)
+    counts = np.full(P, -1, np.int64)
+    w_parts: list = [None] * P
+    e_parts: tuple[list, list] = ([None] * P, [None] * P)
+    node_parts: list = []  # per image with nodes: [image, xy (n, 2) f8, obs_w (n,) f8, obs_n (n,) f4]
+    pending: dict[int, np.ndarray] = {}  # pair -> positions of its other image, read at the first visit
+    pending_bytes = 0
+    N = 0
+    from tqdm import tqdm
+
+    for i in tqdm(range(num_images), desc="keypoints: merge", unit="image", disable=not progress, leave=False):
+        parts: list[tuple[int, int, np.ndarray, np.ndarray]] = []  # (side, pair, positions, weights)
+        for s in (0, 1):
+            for p in visits[i][s]:
+                if p in pending:  # second visit, the positions kept from the first
+                    k = pending.pop(p)
+                    pending_bytes -= k.nbytes
+                    parts.append((s, p, k, w_parts[p]))
+                    continue
+                k0, k1, sc = read_pair(p)
+                k0 = np.asarray(k0, np.float32).reshape(-1, 2)
+                k1 = np.asarray(k1, np.float32).reshape(-1, 2)
+                sc = np.asarray(sc, np.float32).reshape(-1)
+                if len(k1) != len(k0) or len(sc) != len(k0):
+                    raise ValueError(f"pair {p}: keypoints0 {len(k0)}, keypoints1 {len(k1)}, scores {len(sc)} "
+                                     "differ in length")
+                ok = _valid_observations(k0, k1, sc, min_score)
+                every = bool(ok.all())
+                first = counts[p] < 0
+                if first:
+                    stats["raw_matches"] += len(k0)
+                    counts[p] = len(k0) if every else int(ok.sum())
+                    w_parts[p] = np.maximum(sc if every else sc[ok], np.float32(1e-6))
+                if counts[p]:
+                    mine, other = (k0, k1) if s == 0 else (k1, k0)
+                    parts.append((s, p, mine if every else mine[ok], w_parts[p]))
+                    if first and pending_bytes + 8 * counts[p] <= cache_bytes:
+                        pending[p] = other if every else other[ok]
+                        pending_bytes += pending[p].nbytes
+                    del mine, other
+                del k0, k1, sc, ok
+        if not parts:
+            continue
+        pos = np.concatenate([q[2] for q in parts])
+        c = np.floor(pos * inv_cell).astype(np.int32)
+        lo = c.min(0).astype(np.int64)
+        wc = int(c[:, 0].max()) - int(lo[0]) + 1
+        lin = (c[:, 1] - lo[1]).astype(np.int64) * wc + (c[:, 0] - lo[0])
+        span = (int(c[:, 1].max()) - int(lo[1]) + 1) * wc
+        del c
+        if span <= 1 << 26:  # dense table: no sort
+            table = np.zeros(span, bool)
+            table[lin] = True
+            u = np.flatnonzero(table)
+            del table
+            local = np.searchsorted(u, lin)
+        else:
+            u, local = np.unique(lin, return_inverse=True)
+            local = local.reshape(-1)
+        del lin
+        n_i = len(u)
+        del u
+        ids_dtype = np.int32 if N + n_i < 2**31 - 1 else np.int64
+        w64 = np.concatenate([q[3] for q in parts]).astype(np.float64)
+        # accumulate side 0 observations, then side 1 (each in pair order)
+        n0 = sum(len(q[2]) for q in parts if q[0] == 0)
+        sides = (slice(0, n0), slice(n0, len(pos)))
+        obs_w = np.zeros(n_i)
+        xy = np.zeros((n_i, 2))
+        for sl in sides:
+            obs_w += np.bincount(local[sl], w64[sl], n_i)
+            for ax in (0, 1):
+                xy[:, ax] += np.bincount(local[sl], w64[sl] * pos[sl, ax], n_i)
+        xy /= np.maximum(obs_w, 1e-12)[:, None]
+        obs_n = np.bincount(local, minlength=n_i).astype(np.float32)
+        del pos, w64
+        a = 0
+        for s, p, k, _ in parts:
+            e_parts[s][p] = (N + local[a : a + len(k)]).astype(ids_dtype)
+            a += len(k)
+        del parts, local
+        node_parts.append([i, xy, obs_w, obs_n])
+        N += n_i
+    n_obs = int(counts.clip(0).sum())
+    stats["used_matches"] = n_obs
+    stats["observations"] = 2 * n_obs
+    stats["nodes"] = N
+    # assemble one array at a time, freeing the parts as they are copied
+    sizes = np.array([len(q[3]) for q in node_parts], np.int64)
+    node_img = np.repeat(np.array([q[0] for q in node_parts], np.int32), sizes)
+    cols = []
+    for col, shape, dtype in ((1, (N, 2), np.float64), (2, N, np.float64), (3, N, np.float32)):
+        arr = np.empty(shape, dtype)
+        a = 0
+        for q in node_parts:
+            arr[a : a + len(q[col])] = q[col]
+            a += len(q[col])
+            q[col] = None
+        cols.append(arr)
+    del node_parts
+    node_xy, obs_w, obs_n = cols
+    # edges, deduplicated (best score) and sorted by (e0, e1) one image0 at a time: a duplicate
+    # edge has its image0 in common, and node ids grow with the image, so the sorted blocks of
+    # successive images concatenate to the global order
+    ids_dtype = np.int32 if N < 2**31 - 1 else np.int64
+    blocks: tuple[list, list, list] = ([], [], [])
+    for i in range(num_images):
+        ps = [p for p in visits[i][0] if counts[p] > 0]
+        if not ps:
+            continue
+        b0 = np.concatenate([e_parts[0][p] for p in ps]).astype(ids_dtype, copy=False)
+        b1 = np.concatenate([e_parts[1][p] for p in ps]).astype(ids_dtype, copy=False)
+        bw = np.concatenate([w_parts[p] for p in ps])
+        for p in ps:
+            e_parts[0][p] = e_parts[1][p] = w_parts[p] = None
+        for lst, arr in zip(blocks, _dedupe_edges(b0, b1, bw, N)):
+            lst.append(arr)
+        del b0, b1, bw
+    out = []
+    for lst, dt in zip(blocks, (ids_dtype, ids_dtype, np.float32)):
+        arr = np.empty(sum(len(x) for x in lst), dt)
+        a = 0
+        for k, x in enumerate(lst):
+            arr[a : a + len(x)] = x
+            a += len(x)
+            lst[k] = None
+        out.append(arr)
+    e0, e1, w = out
+    return e0, e1, w, node_img, node_xy, obs_w, obs_n
 
 
 def merge_matches(
@@ -295,7 +496,7 @@ def merge_matches(
     max_rounds: int = 3,
     min_score: float = 0.0,
 ) -> MergeResult:
-    """Merge per-pair semi-dense matches into shared per-image keypoints.
+    """Merge per-pair semi-dense matches held in memory into shared per-image keypoints.
 
     Args:
         pair_images: (P, 2) int image indices (image0, image1) of every pair; each unordered
@@ -306,89 +507,55 @@ def merge_matches(
     Returns:
         :class:`MergeResult`; keypoints of image i sorted by (y cell, x cell).
     """
-    pair_images = np.asarray(pair_images, np.int64).reshape(-1, 2)
-    P = len(pair_images)
+    P = len(np.asarray(pair_images).reshape(-1, 2))
     if not (len(kpts0) == len(kpts1) == len(scores) == P):
         raise ValueError(f"{P} pairs but {len(kpts0)}, {len(kpts1)}, {len(scores)} keypoint / score arrays")
+    return merge_pairs(pair_images, lambda p: (kpts0[p], kpts1[p], scores[p]), num_images, cell_size=cell_size,
+                       max_error=max_error, max_keypoints=max_keypoints, max_rounds=max_rounds, min_score=min_score)
+
+
+def merge_pairs(
+    pair_images: np.ndarray,
+    read_pair: PairReader,
+    num_images: int,
+    cell_size: float = 1.0,
+    max_error: float = 2.0,
+    max_keypoints: int = 0,
+    max_rounds: int = 3,
+    min_score: float = 0.0,
+    progress: bool = False,
+    cache_mb: float = 256.0,
+) -> MergeResult:
+    """Merge per-pair semi-dense matches into shared per-image keypoints, reading pairs on demand.
+
+    The same rule and output as :func:`merge_matches`, but the raw matches are never all in
+    memory: images are handled in index order and ``read_pair(p)`` is called at the first image
+    of pair ``p`` (e.g. to read a group of ``matches.h5``); the positions its second image needs
+    are kept until then within ``cache_mb`` (sequential pairs need only a few neighbours' worth),
+    beyond it the pair is read again.
+
+    Args:
+        pair_images: (P, 2) int image indices (image0, image1) of every pair; each unordered
+            image pair at most once.
+        read_pair: ``p -> (kpts0 (N_p, 2), kpts1 (N_p, 2), scores (N_p,))``, pixel coordinates
+            (OpenCV convention); must return the same arrays if called again.
+        num_images: number of images (indices in ``pair_images`` are < num_images).
+        progress: show a tqdm bar over the images.
+        cache_mb: memory for positions read ahead (8 bytes per match); 0 reads every pair twice.
+    Returns:
+        :class:`MergeResult`; keypoints of image i sorted by (y cell, x cell).
+    """
+    pair_images = np.asarray(pair_images, np.int64).reshape(-1, 2)
+    P = len(pair_images)
+    if P and (pair_images.min() < 0 or pair_images.max() >= num_images):
+        raise ValueError(f"pair image indices must lie in [0, {num_images})")
     stats: dict = {"pairs": P, "raw_matches": 0}
-    # ---- 1. quantize every observation to a cell of its image
-    c0s, c1s, ws, pos0, pos1 = [], [], [], [], []
-    inv_cell = np.float32(1.0 / cell_size)
-    for p in range(P):
-        k0 = np.asarray(kpts0[p], np.float32).reshape(-1, 2)
-        k1 = np.asarray(kpts1[p], np.float32).reshape(-1, 2)
-        sc = np.asarray(scores[p], np.float32).reshape(-1)
-        if len(k1) != len(k0) or len(sc) != len(k0):
-            raise ValueError(f"pair {p}: keypoints0 {len(k0)}, keypoints1 {len(k1)}, scores {len(sc)} differ in length")
-        stats["raw_matches"] += len(k0)
-        ok = np.isfinite(k0).all(1) & np.isfinite(k1).all(1) & np.isfinite(sc) & (sc >= min_score)
-        ok &= (np.abs(k0) < 1e7).all(1) & (np.abs(k1) < 1e7).all(1)
-        if not ok.all():
-            k0, k1, sc = k0[ok], k1[ok], sc[ok]
-        c0s.append(np.floor(k0 * inv_cell).astype(np.int32))
-        c1s.append(np.floor(k1 * inv_cell).astype(np.int32))
-        ws.append(np.maximum(sc, np.float32(1e-6)))
-        pos0.append(k0)
-        pos1.append(k1)
-    counts = np.array([len(c) for c in c0s], np.int64)
-    n_obs = int(counts.sum())
-    stats["used_matches"] = n_obs
-    cells = np.concatenate(c0s + c1s) if n_obs else np.zeros((0, 2), np.int32)  # (2n, 2): side0 then side1
-    del c0s, c1s
-    w = np.concatenate(ws) if n_obs else np.zeros(0, np.float32)
-    del ws
-    pos = np.concatenate(pos0 + pos1) if n_obs else np.zeros((0, 2), np.float32)
-    del pos0, pos1
-    # ---- nodes: streaming over images, (image, cell) -> node id; ids sorted by (image, y, x)
-    off = np.concatenate([[0], np.cumsum(counts)])
-    ranges: list[list[tuple[int, int]]] = [[] for _ in range(num_images)]
-    for p in range(P):
-        if counts[p]:
-            i0, i1 = pair_images[p]
-            ranges[i0].append((off[p], off[p + 1]))
-            ranges[i1].append((n_obs + off[p], n_obs + off[p + 1]))
-    inv = np.empty(2 * n_obs, np.int32 if 2 * n_obs < 2**31 - 1 else np.int64)
-    node_img_parts, N = [], 0
-    for i in range(num_images):
-        if not ranges[i]:
-            continue
-        idx = np.concatenate([np.arange(a, b) for a, b in ranges[i]])
-        c = cells[idx]
-        lo = c.min(0).astype(np.int64)
-        wc = int(c[:, 0].max()) - int(lo[0]) + 1
-        lin = (c[:, 1] - lo[1]).astype(np.int64) * wc + (c[:, 0] - lo[0])
-        span = (int(c[:, 1].max()) - int(lo[1]) + 1) * wc
-        if span <= 1 << 26:  # dense table: no sort
-            table = np.zeros(span, bool)
-            table[lin] = True
-            u = np.flatnonzero(table)
-            del table
-            local = np.searchsorted(u, lin)
-        else:
-            u, local = np.unique(lin, return_inverse=True)
-        inv[idx] = N + local.reshape(-1)
-        node_img_parts.append(np.full(len(u), i, np.int32))
-        N += len(u)
-    del cells
-    node_img = np.concatenate(node_img_parts) if node_img_parts else np.zeros(0, np.int32)
-    del node_img_parts
-    # node position = score-weighted mean of its observations (float64 accumulation)
-    w64 = w.astype(np.float64)
-    obs_w = np.zeros(N)
-    node_xy = np.zeros((N, 2))
-    for side in (slice(0, n_obs), slice(n_obs, 2 * n_obs)):
-        obs_w += np.bincount(inv[side], w64, N)
-        for c in (0, 1):
-            node_xy[:, c] += np.bincount(inv[side], w64 * pos[side, c], N)
-    obs_n = np.bincount(inv, minlength=N).astype(np.float32)
-    node_xy /= np.maximum(obs_w, 1e-12)[:, None]
-    del pos, w64
-    stats["observations"] = 2 * n_obs
-    stats["nodes"] = N
-    # ---- 2. edges (oriented image0 -> image1 of their pair)
-    e0, e1 = inv[:n_obs], inv[n_obs:]
-    del inv
-    e0, e1, ew = _dedupe_edges(e0, e1, w, N)
+    # ---- 1. quantize every observation to a cell of its image: nodes, positions, raw edges
+    e0, e1, w, node_img, node_xy, obs_w, obs_n = _index_nodes(pair_images, read_pair, num_images, cell_size,
+                                                              min_score, stats, progress, int(cache_mb * 2**20))
+    N = len(node_img)
+    # ---- 2. edges (oriented image0 -> image1 of their pair): deduplicated by _index_nodes
+    ew = w
     del w
     # ---- 3. one keypoint per image per track
     merged = cut = 0
@@ -406,10 +573,14 @@ def merge_matches(
         dirty = np.zeros(int(comp.max()) + 1, bool)
         dirty[comp[members]] = True
         de = dirty[comp[e0]]
-        if not de.all():
-            clean = (e0[~de], e1[~de], ew[~de])
-            done = clean if done is None else tuple(np.concatenate([a, b]) for a, b in zip(done, clean))
-            e0, e1, ew = e0[de], e1[de], ew[de]
+        if not de.all():  # one array at a time: at most one extra copy of an edge array
+            cl = ~de
+            c0, e0 = e0[cl], e0[de]
+            c1, e1 = e1[cl], e1[de]
+            cw, ew = ew[cl], ew[de]
+            del cl
+            done = (c0, c1, cw) if done is None else tuple(np.concatenate([a, b]) for a, b in zip(done, (c0, c1, cw)))
+            del c0, c1, cw
         del comp, dirty, de
         close = np.zeros(len(members), bool)
         n_cut = 0
@@ -448,8 +619,14 @@ def merge_matches(
             e0, e1, ew = e0[keep], e1[keep], ew[keep]
             break
     if done is not None:
-        e0, e1, ew = (np.concatenate([a, b]) for a, b in zip(done, (e0, e1, ew)))
+        d0, d1, dw = done
         del done
+        e0 = np.concatenate([d0, e0])
+        del d0
+        e1 = np.concatenate([d1, e1])
+        del d1
+        ew = np.concatenate([dw, ew])
+        del dw
     stats.update(merged_nodes=merged, cut_edges=cut, conflict_rounds=rounds_used)
     # ---- 4. budget per image
     alive = np.zeros(N, bool)
@@ -475,31 +652,42 @@ def merge_matches(
             alive[e1] = True
             stats["budget_dropped"] = int(len(drop))
     # ---- 5. per-image keypoints (node ids are sorted by key = (image, y cell, x cell))
-    alive_nodes = np.flatnonzero(alive).astype(e0.dtype)
+    C = 1 << 20  # chunks: no int64 or float64 temporaries of all nodes
+    alive_nodes = _nonzero(alive, e0.dtype, C)
     del alive
-    local = np.full(N, -1, np.int32)
+    K = len(alive_nodes)
+    xy = np.empty((K, 2), np.float32)
+    for a in range(0, K, C):
+        xy[a : a + C] = node_xy[alive_nodes[a : a + C]]
+    del node_xy
+    mean_score = np.empty(K, np.float32)
+    for a in range(0, K, C):
+        nodes = alive_nodes[a : a + C]
+        mean_score[a : a + len(nodes)] = obs_w[nodes] / np.maximum(obs_n[nodes], 1)
+    del obs_w, obs_n
     img_alive = node_img[alive_nodes]
     bounds = np.searchsorted(img_alive, np.arange(num_images + 1))
-    local[alive_nodes] = np.arange(len(alive_nodes), dtype=np.int32) - bounds.astype(np.int32)[img_alive]
+    b32 = bounds.astype(np.int32)
+    local = np.full(N, -1, np.int32)
+    for a in range(0, K, C):
+        nodes = alive_nodes[a : a + C]
+        local[nodes] = np.arange(a, a + len(nodes), dtype=np.int32) - b32[img_alive[a : a + len(nodes)]]
     del img_alive
-    mean_score = (obs_w[alive_nodes] / np.maximum(obs_n[alive_nodes], 1)).astype(np.float32)
-    del obs_w, obs_n
-    xy = np.empty((len(alive_nodes), 2), np.float32)
-    for c in (0, 1):  # a column at a time: no float64 copy of all positions
-        xy[:, c] = node_xy[alive_nodes, c]
-    del node_xy
     keypoints = [xy[bounds[i] : bounds[i + 1]] for i in range(num_images)]
     kp_scores = [mean_score[bounds[i] : bounds[i + 1]] for i in range(num_images)]
     # ---- matches per pair
     pk = pair_images[:, 0] * num_images + pair_images[:, 1]
     pk_order = np.argsort(pk, kind="stable")
-    ek = node_img[e0].astype(np.int64) * num_images + node_img[e1]
-    at = np.searchsorted(pk[pk_order], ek)
-    del ek
-    pidx = pk_order.astype(np.int32 if P < 2**31 - 1 else np.int64)[at]
-    del at
-    m0, m1 = local[e0], local[e1]
-    del local, e0, e1
+    spk, pk_order = pk[pk_order], pk_order.astype(np.int32 if P < 2**31 - 1 else np.int64)
+    pidx = np.empty(len(e0), pk_order.dtype)
+    for a in range(0, len(e0), 1 << 20):  # in chunks: no int64 key per edge
+        ek = node_img[e0[a : a + (1 << 20)]].astype(np.int64) * num_images + node_img[e1[a : a + (1 << 20)]]
+        pidx[a : a + len(ek)] = pk_order[np.searchsorted(spk, ek)]
+        del ek
+    m0 = local[e0]
+    del e0
+    m1 = local[e1]
+    del local, e1
     o = np.lexsort((m0, pidx))  # by pair, then image0 keypoint (stable)
     pidx = pidx[o]
     pb = np.searchsorted(pidx, np.arange(P + 1))
@@ -509,7 +697,7 @@ def merge_matches(
     del m0
     m[:, 1] = m1[o]
     del m1
-    mw = ew[o].astype(np.float32)
+    mw = ew[o].astype(np.float32, copy=False)
     del o, ew
     matches = [m[pb[p] : pb[p + 1]] for p in range(P)]
     mscores = [mw[pb[p] : pb[p + 1]] for p in range(P)]
@@ -619,34 +807,30 @@ def run_keypoints(output: Path, images: Path | None = None, config: KeypointsCon
         logger.info("keypoints: %s is up to date, skipping (use overwrite to recompute)", features_path)
         return features_path
     timer = Timer().__enter__()
-    pair_images, k0s, k1s, scs, keys = [], [], [], [], []
+    pair_images, keys = [], []
     missing = 0
-    from tqdm import tqdm
-
     with h5py.File(matches_path, "r") as f:
-        for a, b in tqdm(pairs, desc="keypoints: read", disable=len(pairs) < 200, leave=False):
+        for a, b in pairs:
             try:
                 key, rev = find_pair(f, a, b)
             except KeyError:
                 missing += 1
                 continue
-            k0, k1, sc = read_raw_group(f[key], f"{matches_path}: pair {key}")
             # keep the stored orientation: matches0 of a group indexes its own image0
             n0, n1 = (b, a) if rev else (a, b)
             pair_images.append((index[n0], index[n1]))
-            k0s.append(k0)
-            k1s.append(k1)
-            scs.append(sc)
             keys.append(key)
-    if missing:
-        logger.warning("keypoints: %d of %d pairs of %s have no group in %s (treated as 0 matches)",
-                       missing, len(pairs), pairs_path, matches_path)
-    res = merge_matches(
-        np.array(pair_images, np.int64).reshape(-1, 2), k0s, k1s, scs, len(names),
-        cell_size=cell, max_error=err, max_keypoints=cfg.max_keypoints, max_rounds=cfg.max_rounds,
-        min_score=cfg.min_score,
-    )
-    del k0s, k1s, scs
+        if missing:
+            logger.warning("keypoints: %d of %d pairs of %s have no group in %s (treated as 0 matches)",
+                           missing, len(pairs), pairs_path, matches_path)
+        # the raw matches are read on demand, image by image (a pair once, twice beyond the
+        # read-ahead budget), never all at once
+        res = merge_pairs(
+            np.array(pair_images, np.int64).reshape(-1, 2),
+            lambda p: read_raw_group(f[keys[p]], f"{matches_path}: pair {keys[p]}"), len(names),
+            cell_size=cell, max_error=err, max_keypoints=cfg.max_keypoints, max_rounds=cfg.max_rounds,
+            min_score=cfg.min_score, progress=len(names) >= 50,
+        )
     # ---- image sizes
     sizes = []
     for i, n in enumerate(names):
@@ -729,5 +913,5 @@ def read_matches(h5, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
     return m, s0[idx]
 
 
-__all__ = ["KeypointsConfig", "MergeResult", "PRESETS", "merge_matches", "run_keypoints", "read_features",
-           "read_matches", "track_stats"]
+__all__ = ["KeypointsConfig", "MergeResult", "PRESETS", "merge_matches", "merge_pairs", "run_keypoints",
+           "read_features", "read_matches", "track_stats"]

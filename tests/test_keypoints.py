@@ -256,18 +256,64 @@ def test_auto_preset_follows_the_matcher_attribute(tmp_path):
         run_keypoints(tmp_path, config={"preset": "superglue"})
 
 
-def test_components_from_sorted_edges_match_the_general_path():
-    """The CSR built directly from edges sorted by e0 gives the same tracks as the COO path."""
+def test_components_equal_scipy_labels():
+    """The vectorized union-find numbers tracks exactly as scipy's connected_components does."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     from loftr_sfm.keypoints import _components
 
     rng = np.random.default_rng(5)
-    n = 5000
-    e0, e1 = rng.integers(0, n, 3000).astype(np.int32), rng.integers(0, n, 3000).astype(np.int32)
-    o = np.lexsort((e1, e0))
-    fast = _components(e0[o], e1[o], n)  # sorted by e0: direct CSR
-    general = _components(e0, e1, n)  # unsorted: COO -> CSR
-    assert fast.max() > 1000  # many tracks, many singletons
-    # the same partition of the nodes (labels may be numbered differently)
-    pairs = np.unique(np.stack([fast, general], 1), axis=0)
-    assert len(pairs) == len(np.unique(fast)) == len(np.unique(general))
+    tracks = []
+    for n, m, chunk in ((5000, 3000, 1 << 20), (5000, 6000, 97), (300, 2000, 64)):
+        e0, e1 = rng.integers(0, n, m).astype(np.int32), rng.integers(0, n, m).astype(np.int32)
+        e1[:10] = e0[:10]  # self loops
+        ref = connected_components(coo_matrix((np.ones(m), (e0, e1)), shape=(n, n)), directed=False)[1]
+        got = _components(e0, e1, n, chunk=chunk)  # chunks smaller than the edges: several hook passes
+        np.testing.assert_array_equal(got, ref)
+        tracks.append(int(got.max()) + 1)
+    assert tracks[0] > 2000 and tracks[1] > 100 and tracks[2] < 10  # singletons and small tracks, one giant
+    # a long chain numbered against its order (the worst case of hooking) is one track
+    chain = rng.permutation(2000).astype(np.int32)
+    assert np.array_equal(_components(chain[:-1], chain[1:], 2000), np.zeros(2000))
     assert np.array_equal(_components(e0[:0], e1[:0], 4), np.arange(4))
+
+
+def test_streamed_merge_holds_one_image_at_a_time_and_reads_ahead_within_its_budget():
+    """merge_pairs gives merge_matches' result; without read-ahead no other image's raw arrays are kept."""
+    import weakref
+
+    from loftr_sfm.keypoints import merge_pairs
+
+    pairs, k0, k1, sc, n = _random_scene(seed=4)
+    ref = merge_matches(pairs, k0, k1, sc, n, cell_size=1.0, max_error=2.0, max_keypoints=120)
+    calls, alive, most = np.zeros(len(pairs), int), [], [0]
+
+    def read(p):  # fresh arrays on every call, as an h5 read gives
+        calls[p] += 1
+        out = (k0[p].copy(), k1[p].copy(), sc[p].copy())
+        alive.extend(weakref.ref(a) for a in out)
+        most[0] = max(most[0], sum(r() is not None for r in alive))
+        return out
+
+    # no read-ahead: every pair read twice, at most one image's raw matches alive at a time
+    res = merge_pairs(pairs, read, n, cell_size=1.0, max_error=2.0, max_keypoints=120, cache_mb=0)
+    assert (calls == 2).all()
+    per_image = np.bincount(pairs.ravel(), minlength=n).max()
+    assert most[0] <= 3 * (per_image + 1) < 3 * len(pairs)  # one image's pairs (+ the last read)
+    # read-ahead within a budget: each pair read once (the default), or once for the pairs that fit
+    calls[:] = 0
+    res2 = merge_pairs(pairs, read, n, cell_size=1.0, max_error=2.0, max_keypoints=120)
+    assert (calls == 1).all()
+    calls[:] = 0
+    res3 = merge_pairs(pairs, read, n, cell_size=1.0, max_error=2.0, max_keypoints=120, cache_mb=1000 * 8 / 2**20)
+    assert 0 < (calls == 1).sum() < len(pairs) and calls.max() == 2
+    for r in (res, res2, res3):
+        assert r.stats == ref.stats
+        for x, y in zip(ref.keypoints + ref.scores + ref.matches + ref.match_scores,
+                        r.keypoints + r.scores + r.matches + r.match_scores):
+            np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="pair 1: keypoints0"):
+        merge_pairs(pairs, lambda p: (k0[p], k1[p][: 3 if p == 1 else None], sc[p]), n)
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        merge_pairs(pairs, read, 2)
