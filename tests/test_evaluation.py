@@ -278,3 +278,59 @@ def test_evaluate_scenes_table_keeps_earlier_rows(tmp_path):
     assert lines[:2] == mod.HEADER.splitlines() and len(lines) == 5
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["herzjesu-P8", "herzjesu-P8", "fox"]
     assert "| 0.500 |" in lines[3] and "0.147" not in table.read_text()
+
+
+def _model_from_poses(poses, X, f=500.0, size=(640, 480), noise=0.0, seed=0):
+    """A pycolmap model: one PINHOLE camera per image, the points X (M, 3) observed where visible."""
+    import pycolmap
+
+    rng = np.random.default_rng(seed)
+    rec = pycolmap.Reconstruction()
+    tracks = [pycolmap.Track() for _ in X]
+    for k, (name, (R, t)) in enumerate(sorted(poses.items()), 1):
+        cam = pycolmap.Camera(camera_id=k, model="PINHOLE", width=size[0], height=size[1],
+                              params=[f, f, size[0] / 2, size[1] / 2])
+        rec.add_camera_with_trivial_rig(cam)
+        rec.add_image_with_trivial_frame(pycolmap.Image(name=name, camera_id=k, image_id=k),
+                                         pycolmap.Rigid3d(pycolmap.Rotation3d(R), t))
+        c = X @ R.T + t
+        xy = f * c[:, :2] / c[:, 2:] + np.array(size) / 2 + rng.normal(0, noise, (len(X), 2))
+        vis = np.flatnonzero((c[:, 2] > 0) & (xy >= 0).all(1) & (xy < size).all(1))
+        rec.image(k).points2D = pycolmap.Point2DList([pycolmap.Point2D(p) for p in xy[vis]])
+        for j, v in enumerate(vis):
+            tracks[v].add_element(k, j)
+    for x, tr in zip(X, tracks):
+        if tr.length() >= 2:
+            rec.add_point3D(x, tr)
+    return rec
+
+
+def test_gt_consistency_program(tmp_path):
+    """pipelines/gt_consistency.py: exact data fit both pose sets (0 px); a GT with one image turned by
+    0.5 deg reprojects that image's observations about f * 0.5 deg off; pixel noise is measured as such."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("gt_consistency", REPO / "pipelines" / "gt_consistency.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    poses = ring_poses(8)
+    X = np.random.default_rng(1).normal(0, 1.0, (300, 3))
+    paths = {}
+    turned = dict(poses)
+    name = sorted(poses)[3]
+    turned[name] = perturb(poses[name], rot_deg=0.5)
+    for label, p, noise in (("exact", poses, 0.0), ("noisy", poses, 0.5), ("turned", turned, 0.0)):
+        paths[label] = tmp_path / label
+        paths[label].mkdir()
+        _model_from_poses(p, X, noise=noise).write(str(paths[label]))
+    same = mod.consistency(paths["exact"], paths["exact"])
+    assert same["tracks"] > 250 and same["own_poses"]["mean_px"] < 1e-6 and same["gt_poses"]["mean_px"] < 1e-6
+    # the model's observations are exact; the "GT" has one camera turned: only its observations (and the
+    # tracks through it, a little) move, by up to 500 px * tan(0.5 deg) = 4.4 px
+    off = mod.consistency(paths["exact"], paths["turned"])
+    assert off["own_poses"]["mean_px"] < 1e-6 and 0.3 < off["gt_poses"]["mean_px"] < 4.4
+    noisy = mod.main(["--model", str(paths["noisy"]), "--gt", str(paths["exact"]), "--json", str(tmp_path / "c.json")])
+    assert 0.3 < noisy["own_poses"]["mean_px"] < 0.7 and noisy["gt_over_own_mean"] == pytest.approx(1.0)
+    assert (tmp_path / "c.json").is_file()
