@@ -96,6 +96,7 @@ class KeypointsConfig:
     max_keypoints: int = 16384  # per-image budget (0 = unlimited)
     min_score: float = 0.0  # raw matches with a lower score are ignored
     max_rounds: int = 3  # merge / one-to-one rounds before the greedy split of what still conflicts
+    read_ahead_mb: float = 256.0  # memory for raw positions read ahead (0: read every pair twice); not in the result
     overwrite: bool = False  # recompute even if a finished result with the same inputs exists
 
     def resolved(self, matcher: str | None = None) -> tuple[float, float]:
@@ -744,7 +745,7 @@ def track_stats(num_images_kps: list[int], pair_images: np.ndarray, matches: lis
 def _signature(pairs_path: Path, cfg: KeypointsConfig, names: list[str]) -> str:
     h = hashlib.sha1()
     h.update(pairs_path.read_bytes())
-    h.update(json.dumps({**asdict(cfg), "overwrite": False}, sort_keys=True).encode())
+    h.update(json.dumps({**asdict(cfg), "overwrite": False, "read_ahead_mb": 0}, sort_keys=True).encode())
     h.update("\n".join(names).encode())
     return h.hexdigest()
 
@@ -829,7 +830,7 @@ def run_keypoints(output: Path, images: Path | None = None, config: KeypointsCon
             np.array(pair_images, np.int64).reshape(-1, 2),
             lambda p: read_raw_group(f[keys[p]], f"{matches_path}: pair {keys[p]}"), len(names),
             cell_size=cell, max_error=err, max_keypoints=cfg.max_keypoints, max_rounds=cfg.max_rounds,
-            min_score=cfg.min_score, progress=len(names) >= 50,
+            min_score=cfg.min_score, progress=len(names) >= 50, cache_mb=cfg.read_ahead_mb,
         )
     # ---- image sizes
     sizes = []

@@ -216,6 +216,16 @@ def test_run_keypoints_bring_your_own_matcher(tmp_path):
                      [read_matches(h5py.File(out / "matches.h5", "r"), *p)[0] for p in
                       [("a/x.png", "b/x.png"), ("c.png", "a/x.png"), ("c.png", "b/x.png")]])
     assert ts["max_track_length"] == 3 and ts["same_image_duplicates"] == 0
+    # without read-ahead (every pair read twice from the file) the result is the same
+    with h5py.File(out / "matches.h5", "r") as h:
+        before = {k: np.asarray(h[k]["matches0"]) for k in groups}
+    run_keypoints(out, config={"read_ahead_mb": 0, "overwrite": True})
+    g = read_features(feats)
+    for n in f:
+        np.testing.assert_array_equal(f[n]["keypoints"], g[n]["keypoints"])
+    with h5py.File(out / "matches.h5", "r") as h:
+        for k in groups:
+            np.testing.assert_array_equal(before[k], h[k]["matches0"])
 
 
 def test_run_keypoints_resume_and_errors(tmp_path):
@@ -234,6 +244,9 @@ def test_run_keypoints_resume_and_errors(tmp_path):
     assert p.stat().st_mtime_ns == mtime
     run_keypoints(out, config={"max_keypoints": 10})  # config changed: recomputed
     assert p.stat().st_mtime_ns != mtime
+    mtime = p.stat().st_mtime_ns
+    run_keypoints(out, config={"max_keypoints": 10, "read_ahead_mb": 0})  # changes no result: up to date
+    assert p.stat().st_mtime_ns == mtime
     with pytest.raises(ValueError, match="unknown KeypointsConfig"):
         run_keypoints(out, config={"cellsize": 2})
 
