@@ -286,7 +286,7 @@ def test_components_equal_scipy_labels():
         np.testing.assert_array_equal(got, ref)
         tracks.append(int(got.max()) + 1)
     assert tracks[0] > 2000 and tracks[1] > 100 and tracks[2] < 10  # singletons and small tracks, one giant
-    # a long chain numbered against its order (the worst case of hooking) is one track
+    # a 2,000-node chain through randomly numbered nodes (several hook rounds) is one track
     chain = rng.permutation(2000).astype(np.int32)
     assert np.array_equal(_components(chain[:-1], chain[1:], 2000), np.zeros(2000))
     assert np.array_equal(_components(e0[:0], e1[:0], 4), np.arange(4))
