@@ -69,7 +69,7 @@ class DatabaseConfig:
     ransac_min_inlier_ratio: float = 0.1
     min_num_inliers: int = 15
     min_inlier_ratio: float | None = None  # reject pairs with fewer inliers than this share of matches (None: 0.25, sift 0)
-    weak_link_pairs: int = 5  # warn where images up to a name and after it share at most this many verified pairs (0: off)
+    weak_link_pairs: int = 5  # warn where the images before and after a name share <= this many verified pairs (0: off)
     num_threads: int = -1
     verbose: bool = False
     overwrite: bool = False
@@ -315,6 +315,19 @@ def weak_links(db_path: Path, max_pairs: int = 5, max_share: float = 0.25, min_s
     return out
 
 
+#: the stage's record in the output folder: ``{"signature": ..., "stats": {...}}``
+STATS_FILE = ".database.json"
+
+
+def read_stage_stats(output: Path) -> dict:
+    """The ``stats`` the database stage recorded in ``output/.database.json`` ({} if none or unreadable)."""
+    try:
+        stats = json.loads((Path(output) / STATS_FILE).read_text())["stats"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return stats if isinstance(stats, dict) else {}
+
+
 def database_stats(db_path: Path) -> dict:
     """Counts of a database: images, cameras, keypoints, matched and verified (>= 15 inliers) pairs."""
     import pycolmap
@@ -387,7 +400,7 @@ def run_database(output: Path, images: Path, config: DatabaseConfig | None = Non
     output = Path(output)
     images = Path(images) if images is not None else None
     db_path = output / "database.db"
-    stamp = output / ".database.json"
+    stamp = output / STATS_FILE
     feats_path, matches_path = output / "features.h5", output / "matches.h5"
     for p in (feats_path, matches_path):
         if not p.is_file():
@@ -453,4 +466,5 @@ def run_database(output: Path, images: Path, config: DatabaseConfig | None = Non
 
 __all__ = ["DatabaseConfig", "CAMERA_MODES", "SEMI_DENSE_MIN_INLIER_RATIO", "make_cameras", "write_database",
            "verify_database", "min_inlier_ratio", "reject_low_inlier_ratio", "weak_links", "database_stats",
+           "STATS_FILE", "read_stage_stats",
            "image_ids_by_name", "run_database"]

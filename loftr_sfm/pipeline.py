@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from loftr_sfm.database import STATS_FILE, read_stage_stats
 from loftr_sfm.io import atomic_path
 from loftr_sfm.utils import Timer
 
@@ -98,7 +99,7 @@ def reconstruct(
 
     stages(pairs_cfg)
     if bridge:
-        links = _weak_links(output)
+        links = list(read_stage_stats(output).get("weak_links") or [])
         if links:
             logger.warning("weak link(s) in the sequential pairs (after %s): selecting the pairs again with loop "
                            "closure (retrieval top-%d per image) and matching the new ones",
@@ -122,17 +123,11 @@ def reconstruct(
 BRIDGE_MARKER = ".bridged_weak_links.json"
 
 
-def _weak_links(output: Path) -> list[dict]:
-    """The weak links the database stage recorded in ``.database.json`` ([] if none or unreadable)."""
-    try:
-        return list(json.loads((output / ".database.json").read_text())["stats"].get("weak_links", []))
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
 
 
 REPAIR_DIR = "repair"
 # what repair_dropped_images moves from repair/ into the output folder when it wins
-_REPAIR_OUTPUTS = ("matches.h5", "features.h5", "database.db", ".database.json", "model", "model_txt", "points.ply",
+_REPAIR_OUTPUTS = ("matches.h5", "features.h5", "database.db", STATS_FILE, "model", "model_txt", "points.ply",
                    "summary.json")
 
 
