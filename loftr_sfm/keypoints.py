@@ -566,13 +566,11 @@ def merge_pairs(
     if P and (pair_images.min() < 0 or pair_images.max() >= num_images):
         raise ValueError(f"pair image indices must lie in [0, {num_images})")
     stats: dict = {"pairs": P, "raw_matches": 0}
-    # ---- 1. quantize every observation to a cell of its image: nodes, positions, raw edges
-    e0, e1, w, node_img, node_xy, obs_w, obs_n = _index_nodes(pair_images, read_pair, num_images, cell_size,
-                                                              min_score, stats, progress, int(cache_mb * 2**20))
+    # ---- 1. + 2. every observation quantized to a cell of its image (nodes, positions); the edges,
+    # oriented image0 -> image1 of their pair and deduplicated
+    e0, e1, ew, node_img, node_xy, obs_w, obs_n = _index_nodes(pair_images, read_pair, num_images, cell_size,
+                                                               min_score, stats, progress, int(cache_mb * 2**20))
     N = len(node_img)
-    # ---- 2. edges (oriented image0 -> image1 of their pair): deduplicated by _index_nodes
-    ew = w
-    del w
     # ---- 3. one keypoint per image per track
     merged = cut = 0
     rounds_used = 0

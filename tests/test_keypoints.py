@@ -292,6 +292,30 @@ def test_components_equal_scipy_labels():
     assert np.array_equal(_components(e0[:0], e1[:0], 4), np.arange(4))
 
 
+def test_conflict_groups_same_with_int64_ids():
+    """The packed-key sort (int32 node ids) and the argsort path (int64 ids, > 2**31 nodes) agree."""
+    from loftr_sfm.keypoints import _conflict_groups
+
+    rng = np.random.default_rng(3)
+    n_img, per = 6, 400
+    N = n_img * per
+    node_img = np.repeat(np.arange(n_img), per).astype(np.int32)
+    # random edges between different images: many tracks with several nodes of one image
+    a = rng.integers(0, N, 3000)
+    b = rng.integers(0, N, 3000)
+    keep = node_img[a] != node_img[b]
+    e0, e1 = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
+    o = np.lexsort((e1, e0))
+    e0, e1 = e0[o], e1[o]
+    w = rng.uniform(0.1, 1.0, len(e0)).astype(np.float32)
+    m32, r32, c32 = _conflict_groups(e0.astype(np.int32), e1.astype(np.int32), w, node_img, n_img, N)
+    m64, r64, c64 = _conflict_groups(e0.astype(np.int64), e1.astype(np.int64), w, node_img, n_img, N)
+    assert len(m32) > 100
+    np.testing.assert_array_equal(m32, m64)
+    np.testing.assert_array_equal(r32, r64)
+    np.testing.assert_array_equal(c32, c64)
+
+
 def test_streamed_merge_holds_one_image_at_a_time_and_reads_ahead_within_its_budget():
     """merge_pairs gives merge_matches' result; without read-ahead no other image's raw arrays are kept."""
     import weakref
