@@ -23,13 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loftr_sfm.evaluation import load_reconstruction  # noqa: E402
-
-
-def _pose(image) -> np.ndarray:
-    """(3, 4) cam_from_world of a pycolmap image."""
-    t = image.cam_from_world() if callable(image.cam_from_world) else image.cam_from_world
-    return np.asarray(t.matrix(), np.float64)
+from loftr_sfm.evaluation import load_reconstruction, poses_from_reconstruction  # noqa: E402
 
 
 def _triangulate_errors(uv: np.ndarray, P: np.ndarray, f: np.ndarray, track: np.ndarray) -> np.ndarray:
@@ -65,11 +59,12 @@ def consistency(model: Path, gt: Path, min_track: int = 3) -> dict:
     """Reprojection errors of ``model``'s tracks with its own poses and with ``gt``'s (see the module docstring)."""
     rec, ref = load_reconstruction(model), load_reconstruction(gt)
     ref_images = {im.name: im for im in ref.images.values()}
+    own_poses, ref_poses = poses_from_reconstruction(rec), poses_from_reconstruction(ref)
     pid, uv_own, uv_gt, P_own, P_gt, f_own, f_gt = [], [], [], [], [], [], []
     for im in rec.images.values():
         g = ref_images.get(im.name)
         pts = [p for p in im.points2D if p.has_point3D()]
-        if g is None or not pts:
+        if g is None or not pts or im.name not in own_poses or g.name not in ref_poses:
             continue
         xy = np.array([p.xy for p in pts], np.float64)  # COLMAP convention in both models
         cam, gcam = rec.cameras[im.camera_id], ref.cameras[g.camera_id]
@@ -77,8 +72,8 @@ def consistency(model: Path, gt: Path, min_track: int = 3) -> dict:
         pid.append(np.array([p.point3D_id for p in pts], np.int64))
         uv_own.append(np.asarray(cam.cam_from_img(xy), np.float64))
         uv_gt.append(np.asarray(gcam.cam_from_img(xy), np.float64))
-        P_own.append(np.repeat(_pose(im)[None], n, 0))
-        P_gt.append(np.repeat(_pose(g)[None], n, 0))
+        for P, (R, t) in ((P_own, own_poses[im.name]), (P_gt, ref_poses[g.name])):
+            P.append(np.repeat(np.c_[R, t][None], n, 0))
         f_own.append(np.full(n, cam.mean_focal_length()))
         f_gt.append(np.full(n, gcam.mean_focal_length()))
     if not pid:
