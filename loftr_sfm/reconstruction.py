@@ -1161,7 +1161,7 @@ def share_cameras(rec, cfg: MappingConfig, principal_point: bool | None = None, 
     models], "rejected": [image counts], "principal_point_refined", "reprojection_error": [before,
     after]}), or (``rec``, None) when no group is found.
     """
-    from .track_refinement import _bundle_adjust, observation_errors, track_table
+    from .track_refinement import bundle_adjust, observation_errors, track_table
 
     if not (cfg.refine_focal_length or cfg.refine_extra_params or principal_point):
         return rec, None  # a known calibration: nothing to estimate
@@ -1185,8 +1185,8 @@ def share_cameras(rec, cfg: MappingConfig, principal_point: bool | None = None, 
         # a lone camera's principal point is ill-posed: hold its intrinsics while the shared ones move
         held = ({i for i, c in camera_of.items() if users[c.camera_id] < PRINCIPAL_POINT_MIN_IMAGES} - fixed
                 if (principal_point is None and refine_pp) else set())
-        _bundle_adjust(shared, cfg.refine_focal_length, refine_pp, cfg.refine_extra_params, cfg.num_threads, 1.0,
-                       fixed, held_intrinsics=held)
+        bundle_adjust(shared, cfg.refine_focal_length, refine_pp, cfg.refine_extra_params, cfg.num_threads, 1.0,
+                      fixed, held_intrinsics=held)
         after = observation_errors(shared, table)
         worse = []
         for group, _cam in groups:

@@ -222,9 +222,9 @@ def observation_errors(rec, table: TrackTable) -> np.ndarray:
     return err
 
 
-def _bundle_adjust(rec, refine_focal_length: bool, refine_principal_point: bool, refine_extra_params: bool,
-                   num_threads: int, loss_scale: float, fixed_images: Collection[int] = (),
-                   held_intrinsics: Collection[int] = ()) -> None:
+def bundle_adjust(rec, refine_focal_length: bool, refine_principal_point: bool, refine_extra_params: bool,
+                  num_threads: int, loss_scale: float, fixed_images: Collection[int] = (),
+                  held_intrinsics: Collection[int] = ()) -> None:
     """Bundle adjustment of every registered image and point (gauge: two cameras fixed, as COLMAP's global BA).
 
     ``fixed_images``: ids of images whose poses and cameras stay as they are (they fix the gauge then).
@@ -257,7 +257,7 @@ def _bundle_adjust(rec, refine_focal_length: bool, refine_principal_point: bool,
         config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
     summary = pycolmap.create_default_bundle_adjuster(o, config, rec).solve()  # (pycolmap.bundle_adjustment logs)
     if not summary.is_solution_usable():
-        logger.warning("track refinement: bundle adjustment did not converge to a usable solution (%s)",
+        logger.warning("bundle adjustment did not converge to a usable solution (%s)",
                        summary.termination_type)
 
 
@@ -308,14 +308,14 @@ def refine_tracks(
         points2D = rec.image(image_id).points2D
         for idx, xy in zip(table.point2D_idx[sel].tolist(), new_xy[sel]):
             points2D[idx].xy = xy
-    _bundle_adjust(rec, refine_focal_length, refine_principal_point, refine_extra_params, num_threads, cfg.loss_scale,
-                   fixed_images)
+    bundle_adjust(rec, refine_focal_length, refine_principal_point, refine_extra_params, num_threads, cfg.loss_scale,
+                  fixed_images)
     errors = observation_errors(rec, dataclasses.replace(table, xy=new_xy))  # BA moves points and poses only
     threshold = max(cfg.max_reproj_error, cfg.relative_reproj_error * float(np.median(errors)))
     filtered = pycolmap.ObservationManager(rec).filter_all_points3D(threshold, cfg.min_tri_angle)
     if filtered:
-        _bundle_adjust(rec, refine_focal_length, refine_principal_point, refine_extra_params, num_threads,
-                       cfg.loss_scale, fixed_images)
+        bundle_adjust(rec, refine_focal_length, refine_principal_point, refine_extra_params, num_threads,
+                      cfg.loss_scale, fixed_images)
     rec.update_point_3d_errors()
     stats.update(moved=int(moved.sum()), references=int(ref.sum()), filtered=int(filtered),
                  filter_threshold=threshold,
@@ -368,8 +368,8 @@ def filter_observations(
         removed = pycolmap.ObservationManager(rec).filter_all_points3D(threshold, min_tri_angle)
         stats["thresholds"].append(round(threshold, 4))
         stats["removed"].append(int(removed))
-        _bundle_adjust(rec, refine_focal_length, refine_principal_point, refine_extra_params, num_threads,
-                       max(threshold, 1e-3), fixed_images)
+        bundle_adjust(rec, refine_focal_length, refine_principal_point, refine_extra_params, num_threads,
+                      max(threshold, 1e-3), fixed_images)
         if removed == 0:
             break
     rec.update_point_3d_errors()
