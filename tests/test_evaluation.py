@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -280,18 +282,27 @@ def test_evaluate_scenes_table_keeps_earlier_rows(tmp_path):
     assert "| 0.500 |" in lines[3] and "0.147" not in table.read_text()
 
 
-def _model_from_poses(poses, X, f=500.0, size=(640, 480), noise=0.0, seed=0):
-    """A pycolmap model: one PINHOLE camera per image, the points X (M, 3) observed where visible."""
+def _model_from_poses(poses, X, f=500.0, size=(640, 480), noise=0.0, seed=0, shared=None, stored_f=None):
+    """A pycolmap model: the points X (M, 3) observed where visible (projected with focal length ``f``).
+
+    Cameras: one PINHOLE camera per image, or one camera of model ``shared`` (PINHOLE or RADIAL, no
+    distortion) for all; ``stored_f``: the focal length the cameras are stored with (default ``f``).
+    """
     import pycolmap
 
     rng = np.random.default_rng(seed)
     rec = pycolmap.Reconstruction()
     tracks = [pycolmap.Track() for _ in X]
+    fs = f if stored_f is None else stored_f
+    cx, cy = size[0] / 2, size[1] / 2
+    params = {"PINHOLE": [fs, fs, cx, cy], "RADIAL": [fs, cx, cy, 0.0, 0.0]}
     for k, (name, (R, t)) in enumerate(sorted(poses.items()), 1):
-        cam = pycolmap.Camera(camera_id=k, model="PINHOLE", width=size[0], height=size[1],
-                              params=[f, f, size[0] / 2, size[1] / 2])
-        rec.add_camera_with_trivial_rig(cam)
-        rec.add_image_with_trivial_frame(pycolmap.Image(name=name, camera_id=k, image_id=k),
+        cam_id = 1 if shared else k
+        if k == 1 or not shared:
+            rec.add_camera_with_trivial_rig(pycolmap.Camera(camera_id=cam_id, model=shared or "PINHOLE",
+                                                            width=size[0], height=size[1],
+                                                            params=params[shared or "PINHOLE"]))
+        rec.add_image_with_trivial_frame(pycolmap.Image(name=name, camera_id=cam_id, image_id=k),
                                          pycolmap.Rigid3d(pycolmap.Rotation3d(R), t))
         c = X @ R.T + t
         xy = f * c[:, :2] / c[:, 2:] + np.array(size) / 2 + rng.normal(0, noise, (len(X), 2))
@@ -334,3 +345,43 @@ def test_gt_consistency_program(tmp_path):
     noisy = mod.main(["--model", str(paths["noisy"]), "--gt", str(paths["exact"]), "--json", str(tmp_path / "c.json")])
     assert 0.3 < noisy["own_poses"]["mean_px"] < 0.7 and noisy["gt_over_own_mean"] == pytest.approx(1.0)
     assert (tmp_path / "c.json").is_file()
+
+
+def test_intrinsics_sensitivity_program(tmp_path):
+    """pipelines/intrinsics_sensitivity.py on exact observations of a ring whose model stores a focal
+    length 1 % too long: adjusted again (refit, OPENCV) or given the GT camera it fits the data and
+    the GT again; a held focal length off by 0.2 % leaves a residual; the GT's per-image cameras cannot
+    replace one shared camera (skipped, said why)."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("intrinsics_sensitivity",
+                                                  REPO / "pipelines" / "intrinsics_sensitivity.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    poses = ring_poses(12)
+    X = np.random.default_rng(2).normal(0, 2.0, (400, 3))
+    paths = {}
+    for label, kw in (("model", {"shared": "RADIAL", "stored_f": 505.0}), ("gt", {"shared": "PINHOLE"}),
+                      ("gt_per_image", {})):
+        paths[label] = tmp_path / label
+        paths[label].mkdir()
+        _model_from_poses(poses, X, **kw).write(str(paths[label]))
+    rows = {r["variant"]: r for r in mod.main(["--model", str(paths["model"]), "--gt", str(paths["gt"]),
+                                               "--focal-steps", "0.2", "--json", str(tmp_path / "s.json")])}
+    assert list(rows) == ["mapped", "refit", "focal-0.2%", "focal+0.2%", "opencv", "reference"]
+    assert json.loads((tmp_path / "s.json").read_text())[0]["variant"] == "mapped"
+    assert rows["mapped"]["reprojection_px"] > 0.5  # 1 % of the focal length: up to 3 px at the border
+    for v in ("refit", "opencv", "reference"):
+        assert rows[v]["reprojection_px"] < 1e-3, v
+        assert rows[v]["rot_med_deg"] < 1e-3 and rows[v]["AUC@1"] > 0.999, v
+    assert rows["refit"]["camera"]["params"][0] == pytest.approx(500.0, abs=0.01)
+    assert rows["opencv"]["camera"]["model"] == "OPENCV"
+    assert rows["opencv"]["camera"]["params"][:2] == pytest.approx([500.0, 500.0], abs=0.01)
+    assert rows["reference"]["camera"] == {"model": "PINHOLE", "params": [500.0, 500.0, 320.0, 240.0]}
+    for v, factor in (("focal-0.2%", 0.998), ("focal+0.2%", 1.002)):  # the mapped focal length, scaled and held
+        assert rows[v]["camera"]["params"][0] == pytest.approx(505.0 * factor)
+        assert rows[v]["reprojection_px"] > rows["refit"]["reprojection_px"] + 0.01, v
+    skipped = mod.sensitivity(paths["model"], paths["gt_per_image"], variants=["reference"])
+    assert skipped == [{"variant": "reference", "skipped": "the images of camera 1 have different GT cameras"}]
