@@ -350,8 +350,8 @@ def test_gt_consistency_program(tmp_path):
 def test_intrinsics_sensitivity_program(tmp_path):
     """pipelines/intrinsics_sensitivity.py on exact observations of a ring whose model stores a focal
     length 1 % too long: adjusted again (refit, OPENCV) or given the GT camera it fits the data and
-    the GT again; a held focal length off by 0.2 % leaves a residual; the GT's per-image cameras cannot
-    replace one shared camera (skipped, said why)."""
+    the GT again; the stored focal length scaled by 1 -/+ 0.2 % and held (still about 1 % off) leaves a
+    residual; the GT's per-image cameras cannot replace one shared camera (skipped, said why)."""
     import importlib.util
 
     from conftest import REPO
