@@ -638,3 +638,14 @@ def test_incremental_sub_models_may_overlap_without_limit():
     assert pycolmap.IncrementalPipelineOptions().max_model_overlap == 20
     assert _incremental_options(MappingConfig(), 0).max_model_overlap >= 1 << 30
     assert _incremental_options(MappingConfig(max_model_overlap=5), 0).max_model_overlap == 5
+
+
+def test_incremental_global_bundle_adjustment_covering_points_first():
+    """The incremental mapper's global bundle adjustments start from the points that cover the images
+    (pycolmap's default adjusts all at once); ``ba_ignore_redundant_points=False`` restores that."""
+    from loftr_sfm.reconstruction import _incremental_options
+
+    assert not pycolmap.IncrementalPipelineOptions().mapper.ba_global_ignore_redundant_points3D
+    assert _incremental_options(MappingConfig(), 0).mapper.ba_global_ignore_redundant_points3D
+    off = _incremental_options(MappingConfig(ba_ignore_redundant_points=False), 0)
+    assert not off.mapper.ba_global_ignore_redundant_points3D
