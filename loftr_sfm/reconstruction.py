@@ -131,8 +131,9 @@ The global mapper (first attempt or second pass) places the cameras and bundle-a
 longest tracks until every image has ``global_tracks_per_view`` (1000) of them, then triangulates
 all of them (GLOMAP's ``track_required_tracks_per_view``; pycolmap's default takes every track, as
 0 does). Fox (XFeat*, retrieval pairs) second pass 123 -> 58 s, 0.128 / 0.815 -> 0.134 /
-0.820; castle-P30 (XFeat*, exhaustive) 64 -> 24 s, 0.055 / 0.905 -> 0.053 / 0.914; SIFT's 1,000-1,500
-tracks per image and herzjesu-P8 map the same (castle SIFT global 0.070 / 0.895 -> 0.068 / 0.897).
+0.820; castle-P30 (XFeat*, exhaustive) 64 -> 24 s, 0.055 / 0.905 -> 0.053 / 0.914; SIFT (its models
+have 1,000-1,500 points per image) and herzjesu-P8 map the same (castle SIFT global 0.070 / 0.895
+-> 0.068 / 0.897).
 """
 
 from __future__ import annotations
