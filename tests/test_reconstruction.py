@@ -640,15 +640,15 @@ def test_incremental_sub_models_may_overlap_without_limit():
     assert _incremental_options(MappingConfig(max_model_overlap=5), 0).max_model_overlap == 5
 
 
-def test_incremental_global_bundle_adjustment_covering_points_first():
-    """The incremental mapper's global bundle adjustments start from the points that cover the images
-    (pycolmap's default adjusts all at once); ``ba_ignore_redundant_points=False`` restores that."""
+def test_incremental_global_bundle_adjustment_covering_points_first_is_opt_in():
+    """``ba_ignore_redundant_points`` makes the incremental mapper's global bundle adjustments start from the
+    points that cover the images; off by default (pycolmap's default: all points at once)."""
     from loftr_sfm.reconstruction import _incremental_options
 
     assert not pycolmap.IncrementalPipelineOptions().mapper.ba_global_ignore_redundant_points3D
-    assert _incremental_options(MappingConfig(), 0).mapper.ba_global_ignore_redundant_points3D
-    off = _incremental_options(MappingConfig(ba_ignore_redundant_points=False), 0)
-    assert not off.mapper.ba_global_ignore_redundant_points3D
+    assert not _incremental_options(MappingConfig(), 0).mapper.ba_global_ignore_redundant_points3D
+    on = _incremental_options(MappingConfig(ba_ignore_redundant_points=True), 0)
+    assert on.mapper.ba_global_ignore_redundant_points3D
 
 
 def test_global_mapper_places_cameras_with_a_track_budget(tmp_path):
