@@ -184,7 +184,7 @@ class MappingConfig:
     second_pass: str = "global"  # none | global | incremental: map again without the pairs the model contradicts
     second_pass_max_loss: float = 0.05  # ... taken even if it supports up to this share of the images fewer
     max_model_overlap: int | None = None  # images an incremental sub-model may share with earlier ones (None: any)
-    ba_ignore_redundant_points: bool = False  # incremental mapper's global BA: covering points first (opt-in, module doc)
+    ba_ignore_redundant_points: bool = False  # incremental mapper's global BA: covering points first (module doc)
     global_tracks_per_view: int = 1000  # global mapper: poses from the longest tracks, this many per image (0: all)
     refine_tracks: str = "auto"  # auto | on | off: multi-view track refinement (auto: off for sift matches)
     track_refinement: str | None = None  # TrackRefinementConfig options: 'key=value,key=value' or a JSON object

@@ -146,7 +146,8 @@ def sensitivity(model: Path | str, gt: Path | str, variants=VARIANTS, focal_step
             for step in focal_steps:
                 for sign in (-1, 1):
                     factor = 1 + sign * step / 100
-                    jobs.append((f"focal{sign * step:+g}%", lambda r, f=factor: _scale_focal(r, f), False, refine_pp, True))
+                    scale = lambda r, f=factor: _scale_focal(r, f)  # noqa: E731
+                    jobs.append((f"focal{sign * step:+g}%", scale, False, refine_pp, True))
         elif v == "opencv":
             jobs.append(("opencv", _to_opencv, True, refine_pp, True))
         elif v == "reference":
