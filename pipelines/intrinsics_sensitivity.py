@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loftr_sfm.evaluation import evaluate_reconstruction, load_reconstruction  # noqa: E402
-from loftr_sfm.reconstruction import PRINCIPAL_POINT_MIN_IMAGES  # noqa: E402
+from loftr_sfm.reconstruction import MappingConfig, model_images_per_camera, resolve_principal_point  # noqa: E402
 from loftr_sfm.track_refinement import bundle_adjust  # noqa: E402
 
 logger = logging.getLogger("intrinsics_sensitivity")
@@ -57,20 +57,6 @@ _TO_OPENCV = {
 
 class VariantError(ValueError):
     """A variant that does not apply to this model (reported, the others still run)."""
-
-
-def _copy(rec):
-    import pycolmap
-
-    return pycolmap.Reconstruction(rec)
-
-
-def _images_per_camera(rec) -> dict[int, int]:
-    counts: dict[int, int] = {}
-    for i in rec.reg_image_ids():
-        cid = rec.image(i).camera_id
-        counts[cid] = counts.get(cid, 0) + 1
-    return counts
 
 
 def _replace_camera(rec, camera_id: int, model: str, params) -> None:
@@ -133,9 +119,11 @@ def _measure(rec, gt, label: str) -> dict:
 def sensitivity(model: Path | str, gt: Path | str, variants=VARIANTS, focal_steps=(0.1, 0.2),
                 num_threads: int = -1) -> list[dict]:
     """One row per variant (see the module docstring); a variant that does not apply gets a ``skipped`` reason."""
+    import pycolmap
+
     rec, ref = load_reconstruction(model), load_reconstruction(gt)
-    many = _images_per_camera(rec)
-    refine_pp = bool(many) and min(many.values()) >= PRINCIPAL_POINT_MIN_IMAGES
+    # the principal point as the mapping stage's auto rule would refine it (cameras of 5+ images)
+    refine_pp = resolve_principal_point(MappingConfig(), model_images_per_camera(rec)).refine_principal_point
     jobs = []  # (label, prepare, refine_focal, refine_pp, refine_extra)
     for v in variants:
         if v == "mapped":
@@ -156,7 +144,7 @@ def sensitivity(model: Path | str, gt: Path | str, variants=VARIANTS, focal_step
             raise ValueError(f"unknown variant {v!r}; choose from {VARIANTS}")
     rows = []
     for label, prepare, rf, rpp, rx in jobs:
-        work = _copy(rec)
+        work = pycolmap.Reconstruction(rec)  # a copy
         if prepare is not None:
             try:
                 prepare(work)
