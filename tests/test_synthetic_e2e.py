@@ -240,3 +240,31 @@ def test_a_shared_camera_gets_a_second_radial_term(tmp_path):
     assert abs(f - 330) < 1.0 and abs(cx - 210) < 1.0 and abs(cy - 144) < 1.0, cams[True].params
     assert abs(k1 - 0.15) < 0.01 and abs(k2 + 0.2) < 0.015, cams[True].params
     assert errors[True] < 0.04 and errors[True] < 0.5 * errors[False], errors  # measured 0.021 and 0.076
+
+
+def test_scale_benchmark_program(tmp_path, capsys):
+    """pipelines/bench_scale.py on a small scene: every stage runs as its own `loftr-sfm` command, is
+    measured (wall, CPU, peak memory) and the model it ends in is evaluated against the exact GT."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "pipelines" / "bench_scale.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    argv = ["--images", "12", "--neighbors", "4", "--size", "320x240", "--mappers", "global",
+            "--work", str(tmp_path), "--json", str(tmp_path / "r.json")]
+    assert mod.main(argv) == 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["images"] == 12 and res["pairs"] == 12 * 4 - 4 * 5 // 2  # sequential, 4 neighbours
+    rows = {r["stage"]: r for r in res["rows"]}
+    assert list(rows) == ["keypoints", "database", "map (global)"]
+    assert all(r["wall_s"] > 0 and r["cpu_s"] > 0 and 0.01 < r["peak_gb"] < 4 for r in rows.values())
+    assert rows["keypoints"]["matches"] > 0.9 * res["raw_matches"] and rows["database"]["verified_pairs"] == res["pairs"]
+    m = rows["map (global)"]
+    assert m["registered"] == "12/12" and m["rot_med_deg"] < 0.2 and m["points"] > 1000
+    assert "map (global)" in capsys.readouterr().out
+    # the scene is generated once per configuration: a rerun reuses it
+    scene = next(tmp_path.glob("scene_n12_*"))
+    stamp = (scene / "matches.h5").stat().st_mtime_ns
+    assert mod.main(argv[:-2]) == 0 and (scene / "matches.h5").stat().st_mtime_ns == stamp
