@@ -258,6 +258,32 @@ def test_coverage_counts_supported_images_only(scene, monkeypatch):
     assert [(a["mapper"], a["registered"], a["supported"]) for a in attempts] == [("incremental", 5, 3), ("global", 5, 5)]
 
 
+def test_a_near_miss_gets_one_attempt_of_the_other_mapper(scene, monkeypatch):
+    """A model that reaches min_coverage with more than fallback_unsupported of its images unsupported
+    (castle-P30, XFeat*, global mapper: 27 of 30) is compared with one attempt of the other mapper."""
+    weak = _gt_model_without_points_of(scene, {"img_001.png"})  # 4 of 5 supported
+    sound = _gt_model_without_points_of(scene, set())
+    models = {"global": weak, "incremental": sound}
+    monkeypatch.setattr(reconstruction, "_map_once", lambda db, im, work, mapper, seed, cfg: (models[mapper], 1))
+    cfg = MappingConfig(mapper="global", min_coverage=0.8, retry_seeds=1)
+    best, attempts = map_database(scene / "database.db", scene / "images", cfg, num_images=5)
+    assert best is sound
+    assert [(a["mapper"], a["seed"], a["supported"], a.get("near_miss", False), a["chosen"]) for a in attempts] == [
+        ("global", 0, 4, False, False), ("incremental", 0, 5, True, True)]
+    # one unsupported image of five is within a 25 % tolerance: no other attempt
+    best, attempts = map_database(scene / "database.db", scene / "images",
+                                  MappingConfig(mapper="global", min_coverage=0.8, fallback_unsupported=0.25),
+                                  num_images=5)
+    assert best is weak and [a["mapper"] for a in attempts] == ["global"]
+    # the other mapper does no better: the first model stays; without fallback nothing else runs
+    models["incremental"] = weak
+    best, attempts = map_database(scene / "database.db", scene / "images", cfg, num_images=5)
+    assert [(a["mapper"], a["chosen"]) for a in attempts] == [("global", True), ("incremental", False)]
+    best, attempts = map_database(scene / "database.db", scene / "images",
+                                  MappingConfig(mapper="global", min_coverage=0.8, fallback=False), num_images=5)
+    assert [a["mapper"] for a in attempts] == ["global"]
+
+
 def test_unsupported_images_are_dropped_from_the_chosen_model(scene, tmp_path, monkeypatch):
     monkeypatch.setattr(reconstruction, "_map_once",
                         lambda db, im, work, mapper, seed, cfg: (_gt_model_without_points_of(scene, {"img_001.png"}), 1))
