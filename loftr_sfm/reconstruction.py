@@ -1383,6 +1383,9 @@ def run_mapping(
         raise ValueError(f"unknown second_pass {cfg.second_pass!r}; choose one of {('none', *MAPPERS)}")
     if cfg.global_tracks_per_view < 0:
         raise ValueError(f"global_tracks_per_view must be >= 0 (0: every track), got {cfg.global_tracks_per_view}")
+    if not 0.0 <= cfg.fallback_unsupported <= 1.0:
+        raise ValueError(f"fallback_unsupported must be in [0, 1] (a share of the registered images, 1: off), got "
+                         f"{cfg.fallback_unsupported}")
     if not 0.0 <= cfg.second_pass_max_loss < 1.0:
         raise ValueError(f"second_pass_max_loss must be in [0, 1) (a share of the images), got "
                          f"{cfg.second_pass_max_loss}")

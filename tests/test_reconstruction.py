@@ -282,6 +282,8 @@ def test_a_near_miss_gets_one_attempt_of_the_other_mapper(scene, monkeypatch):
     best, attempts = map_database(scene / "database.db", scene / "images",
                                   MappingConfig(mapper="global", min_coverage=0.8, fallback=False), num_images=5)
     assert [a["mapper"] for a in attempts] == ["global"]
+    with pytest.raises(ValueError, match="fallback_unsupported"):
+        run_mapping(scene, scene / "images", MappingConfig(fallback_unsupported=-0.1))
 
 
 def test_unsupported_images_are_dropped_from_the_chosen_model(scene, tmp_path, monkeypatch):
