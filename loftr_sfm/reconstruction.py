@@ -37,8 +37,9 @@ documented fallback: retry the same mapper with ``retry_seeds`` other seeds, the
 mapper (incremental <-> global) with as many seeds; the attempt with most supported images (then most points)
 wins. A model that reaches the target but leaves more than ``fallback_unsupported`` (5 %) of its registered
 images unsupported is partly wrong somewhere, so the other mapper gets one attempt too (castle-P30, XFeat*, the
-global mapper first: one run in seven supports 27 of 30 images, the others 19-20; taken, that model ended at
-0.148 deg median rotation error with an image 0.67 m off, where the incremental mapper's supports all 30). Every
+global mapper first with ``global_tracks_per_view`` 1000: one run in three supported 27 of 30 images, the others
+19-20; taken, that model ended at 0.148 deg median rotation error with an image 0.67 m off, where the incremental
+mapper's supports all 30). Every
 attempt is listed in summary.json, and so are the chosen model's unsupported images,
 which are removed from it (``drop_unsupported``): a missing pose is better than a wrong one.
 
@@ -134,13 +135,16 @@ herzjesu-P8 unchanged. Not the default because the one weak cell came out worse:
 pairs (XFeat*, the video's gap held by four weak pairs) 0.299 / 0.626 off, 0.367 / 0.613 on (two
 runs each, equal to the third decimal; that cell moves with small changes, 0.286 / 0.695 in the
 README's grid).
-The global mapper (first attempt or second pass) places the cameras and bundle-adjusts with the
-longest tracks until every image has ``global_tracks_per_view`` (1000) of them, then triangulates
-all of them (GLOMAP's ``track_required_tracks_per_view``; pycolmap's default takes every track, as
-0 does). Fox (XFeat*, retrieval pairs) second pass 123 -> 58 s, 0.128 / 0.815 -> 0.134 /
-0.820; castle-P30 (XFeat*, exhaustive) 64 -> 24 s, 0.055 / 0.905 -> 0.053 / 0.914; SIFT (its models
-have 1,000-1,500 points per image) and herzjesu-P8 map the same (castle SIFT global 0.070 / 0.895
--> 0.068 / 0.897).
+Opt-in too, ``global_tracks_per_view`` (default 0 = every track, pycolmap's default): the global
+mapper (first attempt or second pass) places the cameras and bundle-adjusts with the longest tracks
+until every image has that many of them, then triangulates all of them (GLOMAP's
+``track_required_tracks_per_view``). At 1000, fox's (XFeat*, retrieval pairs) second pass took 58 s
+instead of 123 and castle-P30's (XFeat*, exhaustive) 24 instead of 64 at equal accuracy, but over
+the README's whole grid the global mapper's first attempts got worse: they pass the model check
+where every track made them fail and fall back to the incremental mapper, and are less accurate
+(fox, XFeat*, ``--mapper global``: sequential pairs 0.300 / 0.626 -> 0.461 / 0.491, retrieval
+pairs 0.130 / 0.813 -> 0.225 / 0.768; castle-P30 exhaustive, one GLOMAP run in three supported 27
+of 30 images against 19-20 in four runs with every track).
 """
 
 from __future__ import annotations
@@ -190,7 +194,7 @@ class MappingConfig:
     second_pass_max_loss: float = 0.05  # ... taken even if it supports up to this share of the images fewer
     max_model_overlap: int | None = None  # images an incremental sub-model may share with earlier ones (None: any)
     ba_ignore_redundant_points: bool = False  # incremental mapper's global BA: covering points first (module doc)
-    global_tracks_per_view: int = 1000  # global mapper: poses from the longest tracks, this many per image (0: all)
+    global_tracks_per_view: int = 0  # global mapper: poses from the longest tracks, this many per image (0: all)
     refine_tracks: str = "auto"  # auto | on | off: multi-view track refinement (auto: off for sift matches)
     track_refinement: str | None = None  # TrackRefinementConfig options: 'key=value,key=value' or a JSON object
     relative_filter: bool = True  # last, drop observations beyond a multiple of the median reprojection error

@@ -680,14 +680,14 @@ def test_incremental_global_bundle_adjustment_covering_points_first_is_opt_in():
 
 
 def test_global_mapper_places_cameras_with_a_track_budget(tmp_path):
-    """The global mapper positions cameras with the longest tracks up to ``global_tracks_per_view`` per image
-    (pycolmap's default: every track); 0 restores that, a negative budget is refused before any work."""
+    """Opt-in: the global mapper positions cameras with the longest tracks up to ``global_tracks_per_view`` per
+    image; the default 0 keeps pycolmap's (every track), a negative budget is refused before any work."""
     from loftr_sfm.reconstruction import _global_options, run_mapping
 
     every = pycolmap.GlobalPipelineOptions().mapper.track_required_tracks_per_view
     assert every == 2**31 - 1
-    assert _global_options(MappingConfig(), 0).mapper.track_required_tracks_per_view == 1000
-    assert _global_options(MappingConfig(global_tracks_per_view=0), 0).mapper.track_required_tracks_per_view == every
+    assert _global_options(MappingConfig(), 0).mapper.track_required_tracks_per_view == every
+    assert _global_options(MappingConfig(global_tracks_per_view=1000), 0).mapper.track_required_tracks_per_view == 1000
     assert _global_options(MappingConfig(global_tracks_per_view=50), 3).random_seed == 3
     with pytest.raises(ValueError, match="global_tracks_per_view"):
         run_mapping(tmp_path, tmp_path, MappingConfig(global_tracks_per_view=-1))
