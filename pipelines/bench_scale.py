@@ -14,7 +14,8 @@ observations, see the README). The model is then evaluated against the exact GT 
 fraction, median rotation error, AUC@1), so a stage that gets faster by getting worse shows.
 
 Run: ``python pipelines/bench_scale.py --images 300 [--neighbors 10] [--mappers incremental global]``
-(``--json FILE`` also writes the rows).
+(``--map-args "--global-tracks-per-view 1000"`` passes options to the map stage, ``--json FILE`` also writes
+the rows).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -83,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="640x480", help="image size WxH")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mappers", nargs="+", default=["incremental", "global"], choices=["incremental", "global"])
+    ap.add_argument("--map-args", default="", help="more options of the map stage, e.g. '--global-tracks-per-view 1000'")
     ap.add_argument("--work", type=Path, default=Path("outputs/bench_scale"))
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         mdir.mkdir()
         shutil.copy2(out / "database.db", mdir / "database.db")
         m = run_stage(["map", "--output", str(mdir), "--images", str(images), "--mapper", mapper,
-                       "--refine-tracks", "off"])
+                       "--refine-tracks", "off", *shlex.split(args.map_args)])
         summary = json.loads((mdir / "summary.json").read_text())
         ev = evaluate_reconstruction(mdir / "model", scene / "gt", EvaluationConfig()).row()
         report(f"map ({mapper})", m, registered=ev["registered"], points=summary.get("points"),

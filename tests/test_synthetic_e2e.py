@@ -253,7 +253,7 @@ def test_scale_benchmark_program(tmp_path, capsys):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     argv = ["--images", "12", "--neighbors", "4", "--size", "320x240", "--mappers", "global",
-            "--work", str(tmp_path), "--json", str(tmp_path / "r.json")]
+            "--map-args", "--global-tracks-per-view 500", "--work", str(tmp_path), "--json", str(tmp_path / "r.json")]
     assert mod.main(argv) == 0
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["images"] == 12 and res["pairs"] == 12 * 4 - 4 * 5 // 2  # sequential, 4 neighbours
@@ -264,6 +264,8 @@ def test_scale_benchmark_program(tmp_path, capsys):
     m = rows["map (global)"]
     assert m["registered"] == "12/12" and m["rot_med_deg"] < 0.2 and m["points"] > 1000
     assert "map (global)" in capsys.readouterr().out
+    run = next(tmp_path.glob("scene_n12_*_run"))
+    assert json.loads((run / "global" / "summary.json").read_text())["config"]["global_tracks_per_view"] == 500
     # the scene is generated once per configuration: a rerun reuses it
     scene = next(tmp_path.glob("scene_n12_*"))
     stamp = (scene / "matches.h5").stat().st_mtime_ns
