@@ -260,7 +260,8 @@ def test_coverage_counts_supported_images_only(scene, monkeypatch):
 
 def test_a_near_miss_gets_one_attempt_of_the_other_mapper(scene, monkeypatch):
     """A model that reaches min_coverage with more than fallback_unsupported of its images unsupported
-    (castle-P30, XFeat*, global mapper: 27 of 30) is compared with one attempt of the other mapper."""
+    (castle-P30, XFeat*, global mapper, 1000 tracks per view: 27 of 30) is compared with one attempt of the other
+    mapper."""
     weak = _gt_model_without_points_of(scene, {"img_001.png"})  # 4 of 5 supported
     sound = _gt_model_without_points_of(scene, set())
     models = {"global": weak, "incremental": sound}
