@@ -853,8 +853,12 @@ def map_database(db_path: Path, images: Path, cfg: MappingConfig, num_images: in
                         and attempt["supported"] >= cfg.min_coverage * num_images):
                     return rec, attempts
                 best, best_attempt = rec, attempt
-        for k, (mapper, seed) in enumerate(order):
+        near_miss, k = False, 0
+        while k < len(order):
+            mapper, seed = order[k]
             rec, attempt, agreement = _attempt(db_path, images, Path(tmpdir) / str(k), mapper, seed, cfg, db_path)
+            if near_miss:
+                attempt.update(near_miss=True, chosen=False)
             attempts.append(attempt)
             logger.info("mapping attempt %d (%s, seed %d): %d models, %d/%d images registered, %d supported",
                         k + 1, mapper, seed, attempt["models"], attempt["registered"], num_images, attempt["supported"])
@@ -863,35 +867,24 @@ def map_database(db_path: Path, images: Path, cfg: MappingConfig, num_images: in
                 for a in attempts:
                     a["chosen"] = a is attempt
             if best is not None and best_attempt["supported"] >= cfg.min_coverage * num_images:
-                if (cfg.fallback and k < cfg.retry_seeds + 1 and len(best_attempt["unsupported_images"])
-                        > cfg.fallback_unsupported * best_attempt["registered"]):
-                    rec, attempt, agreement = _near_miss(db_path, images, Path(tmpdir) / "other", mappers[1],
-                                                         cfg.seed, cfg, attempts, best_attempt)
-                    if rec is not None and _rank(attempt) > _rank(best_attempt):
-                        best, best_attempt, best_agreement = rec, attempt, agreement
-                        for a in attempts:
-                            a["chosen"] = a is attempt
+                unsupported = len(best_attempt["unsupported_images"])
+                if (cfg.fallback and not near_miss and mapper == cfg.mapper
+                        and unsupported > cfg.fallback_unsupported * best_attempt["registered"]):
+                    # a near miss: the other mapper's first seed instead of the remaining retries
+                    logger.info("mapping: %d of %d registered images unsupported, trying the %s mapper too",
+                                unsupported, best_attempt["registered"], mappers[1])
+                    order[k + 1:] = [(mappers[1], cfg.seed)]
+                    near_miss, k = True, k + 1
+                    continue
                 break
             if k + 1 < len(order):
                 logger.warning("mapping: low coverage (%d/%d images registered and supported by the model), "
                                "retrying with %s seed %d", attempt["supported"], num_images, *order[k + 1])
+            k += 1
         if best is not None and best_agreement is not None and cfg.second_pass != "none":  # not after `extend`
             best = _second_pass(db_path, images, Path(tmpdir), cfg, best, best_attempt, best_agreement, attempts,
                                 num_images)
     return best, attempts
-
-
-def _near_miss(db_path: Path, images: Path, work: Path, mapper: str, seed: int, cfg: MappingConfig,
-               attempts: list[dict], best_attempt: dict):
-    """One attempt of the other mapper after a model that reached ``min_coverage`` with unsupported images."""
-    logger.info("mapping: %d of %d registered images unsupported, trying the %s mapper too",
-                len(best_attempt["unsupported_images"]), best_attempt["registered"], mapper)
-    rec, attempt, agreement = _attempt(db_path, images, work, mapper, seed, cfg, db_path)
-    attempt.update(near_miss=True, chosen=False)
-    attempts.append(attempt)
-    logger.info("mapping attempt %d (%s, seed %d): %d models, %d images registered, %d supported", len(attempts),
-                mapper, seed, attempt["models"], attempt["registered"], attempt["supported"])
-    return rec, attempt, agreement
 
 
 def _extend(start, db_path: Path, images: Path, work: Path, cfg: MappingConfig, attempts: list[dict],
