@@ -27,6 +27,13 @@ Usage:
     python pipelines/evaluate_scenes.py --scenes fox --pairs sequential retrieval   # no exhaustive matching
     python pipelines/evaluate_scenes.py --scenes fox --pairs sequential+loop   # with retrieval loop closure
     python pipelines/evaluate_scenes.py --scenes castle-P30 --pairs exhaustive --intrinsics estimated gt
+    python pipelines/evaluate_scenes.py --scenes fox --pairs retrieval --mappers incremental --repeats 3
+
+``--repeats N`` maps every cell N times (mapper seeds 0..N-1, each run in its own folder
+``<mapper>``, ``<mapper>_run1``, ...) and adds a row ``<mapper>, N runs`` with the median and the
+range of each column: pycolmap's mappers depend on their seed (and, multithreaded, are not always
+deterministic), and one database of castle-P30 maps to models whose AUC@1 differs by up to 0.02,
+more than some of the differences between matchers a single run shows.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import itertools
 import json
 import logging
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -109,6 +117,31 @@ def emit_row(row: dict, columns: list[str], rows: dict[tuple[str, ...], str], ta
             tmp.write_text(HEADER + "\n" + "\n".join(rows.values()) + "\n")
 
 
+def aggregate_rows(rows: list[dict], label: str) -> dict:
+    """One row summarizing repeated runs of a cell: ``median (min-max)`` of every numeric column.
+
+    The key columns come from the first row, with ``mapper`` replaced by ``label``; ``registered``
+    ("k/n") is the fewest registered of the runs, with the range when the runs differ.
+    """
+    out = {c: rows[0][c] for c in ("scene", "matcher", "pairs", "intrinsics")}
+    out["mapper"] = label
+    regs = sorted({r["registered"] for r in rows if "registered" in r}, key=lambda v: int(str(v).split("/")[0]))
+    if regs:
+        out["registered"] = regs[0] if len(regs) == 1 else f"{regs[0]} ({regs[0]}-{regs[-1]})"
+    for c in COLUMNS[KEY_COLUMNS:]:
+        values = [r[c] for r in rows if isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool)]
+        if c == "registered" or not values:
+            continue
+        counts = all(isinstance(v, int) for v in values)  # points: printed as integers
+        values = [v for v in values if v == v]  # nan: a run without a model
+        if len(values) == 1:
+            out[c] = values[0]
+        elif values:
+            med = statistics.median(values)
+            out[c] = f"{fmt(round(med) if counts else med)} ({fmt(min(values))}-{fmt(max(values))})"
+    return out
+
+
 def known_intrinsics(model: str, params: str) -> tuple[dict, dict]:
     """(database, mapping) options of a run with a known calibration: one camera, fixed in bundle adjustment."""
     return ({"camera_mode": "single", "camera_model": model, "camera_params": params},
@@ -162,7 +195,7 @@ def match_source(scene: str, matcher: str, methods: list[str], work: Path, num_n
 def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Path, num_neighbors: int,
             source: Path, match_s: float, intrinsics: str = "estimated",
             matcher_options: str | None = None, repair: bool = True,
-            camera_model: str = "SIMPLE_RADIAL") -> list[dict]:
+            camera_model: str = "SIMPLE_RADIAL", repeats: int = 1) -> list[dict]:
     """Keypoints, database, mapping and evaluation of one (scene, matcher, pairs, intrinsics) cell.
 
     ``intrinsics``: ``estimated`` (the library's default camera policy: one SIMPLE_RADIAL camera
@@ -173,6 +206,9 @@ def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Pat
     match the pairs of images the mapping check removed again with the backend's stricter options.
     ``camera_model``: the COLMAP model of the estimated cameras (``estimated`` and ``shared``); runs
     with another model than SIMPLE_RADIAL go to their own folders (``<pairs>_shared_radial``, ...).
+    ``repeats``: map each mapper this many times (seeds 0..repeats-1, folders ``<mapper>``,
+    ``<mapper>_run1``, ...); rows ``<mapper> run k`` for k >= 1 and, after them, the
+    :func:`aggregate_rows` row ``<mapper>, <repeats> runs``.
     """
     images = DATA / scene / "images"
     gt = DATA / scene / "gt"
@@ -198,26 +234,33 @@ def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Pat
         database = {"camera_model": camera_model}
     run_database(out, images, database)
     rows = []
+    label = intrinsics if intrinsics == "gt" or camera_model == "SIMPLE_RADIAL" else f"{intrinsics} {camera_model}"
     for mapper in mappers:
-        mdir = out / mapper
-        mdir.mkdir(parents=True, exist_ok=True)
-        if not (mdir / "database.db").exists() or (mdir / "database.db").stat().st_mtime < (out / "database.db").stat().st_mtime:
-            shutil.copy2(out / "database.db", mdir / "database.db")
-        t1 = time.perf_counter()
-        summary = run_mapping(mdir, images, {"mapper": mapper, **mapping_extra})
-        if repair and summary.get("unregistered_images"):  # as `reconstruct` does; the repair reads pairs and matches
-            for name in ("pairs.txt", "matches.h5"):
-                if not (mdir / name).exists():
-                    (mdir / name).symlink_to((out / name).resolve())
-            summary = repair_dropped_images(mdir, images, summary,
-                                            {"matcher": matcher, "matcher_options": matcher_options},
-                                            {"preset": matcher}, database, {"mapper": mapper, **mapping_extra})
-        map_s = time.perf_counter() - t1
-        label = intrinsics if intrinsics == "gt" or camera_model == "SIMPLE_RADIAL" else f"{intrinsics} {camera_model}"
-        row = {"scene": scene, "matcher": matcher, "pairs": method, "intrinsics": label, "mapper": mapper,
-               **model_row(summary, mdir, gt), "match_s": match_s, "map_s": map_s}
-        rows.append(row)
-        (mdir / "evaluation.json").write_text(json.dumps(row, indent=1, default=str))
+        runs = []
+        for run in range(repeats):
+            mdir = out / (mapper if run == 0 else f"{mapper}_run{run}")
+            mdir.mkdir(parents=True, exist_ok=True)
+            if not (mdir / "database.db").exists() or (mdir / "database.db").stat().st_mtime < (out / "database.db").stat().st_mtime:
+                shutil.copy2(out / "database.db", mdir / "database.db")
+            mapping = {"mapper": mapper, **mapping_extra, **({"seed": run} if run else {})}
+            t1 = time.perf_counter()
+            summary = run_mapping(mdir, images, mapping)
+            if repair and summary.get("unregistered_images"):  # as `reconstruct` does; the repair reads pairs and matches
+                for name in ("pairs.txt", "matches.h5"):
+                    if not (mdir / name).exists():
+                        (mdir / name).symlink_to((out / name).resolve())
+                summary = repair_dropped_images(mdir, images, summary,
+                                                {"matcher": matcher, "matcher_options": matcher_options},
+                                                {"preset": matcher}, database, mapping)
+            map_s = time.perf_counter() - t1
+            row = {"scene": scene, "matcher": matcher, "pairs": method, "intrinsics": label,
+                   "mapper": mapper if run == 0 else f"{mapper} run {run}",
+                   **model_row(summary, mdir, gt), "match_s": match_s, "map_s": map_s}
+            runs.append(row)
+            (mdir / "evaluation.json").write_text(json.dumps(row, indent=1, default=str))
+        rows += runs
+        if repeats > 1:
+            rows.append(aggregate_rows(runs, f"{mapper}, {repeats} runs"))
     return rows
 
 
@@ -239,11 +282,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="backend options for every matcher, 'key=value,...' (use a separate --work per setting)")
     ap.add_argument("--no-repair", dest="repair", action="store_false",
                     help="do not match the pairs of images the mapping check removes again (reconstruct's repair)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="map every cell this many times (mapper seeds 0..N-1) and add a row with the median and "
+                         "range of the runs")
     ap.add_argument("--work", type=Path, default=Path("outputs/eval"))
     ap.add_argument("--table", type=Path, default=None,
                     help="write the markdown table here too; rows already in the file are kept (a cell run "
                          "again replaces its row), so a grid run scene by scene ends in one table")
     args = ap.parse_args(argv)
+    if args.repeats < 1:
+        ap.error(f"--repeats must be at least 1, got {args.repeats}")
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
     if not DATA.is_dir():
         print(f"error: {DATA} not found", file=sys.stderr)
@@ -259,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                 spent = match_s if args.work / scene / matcher / method == source else 0.0
                 for row in run_one(scene, matcher, method, args.mappers, args.work, args.num_neighbors,
                                    source, spent, intrinsics, args.matcher_options, args.repair,
-                                   args.camera_model):
+                                   args.camera_model, args.repeats):
                     emit_row(row, COLUMNS, rows, args.table)
     return 0
 

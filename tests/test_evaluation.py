@@ -282,6 +282,33 @@ def test_evaluate_scenes_table_keeps_earlier_rows(tmp_path):
     assert "| 0.500 |" in lines[3] and "0.147" not in table.read_text()
 
 
+
+def test_evaluate_scenes_aggregates_repeated_runs(tmp_path):
+    """pipelines/evaluate_scenes.py --repeats: one row of median (min-max) per column over a cell's runs."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("evaluate_scenes", REPO / "pipelines" / "evaluate_scenes.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    key = {"scene": "fox", "matcher": "xfeat-star", "pairs": "retrieval", "intrinsics": "estimated"}
+    runs = [{**key, "mapper": "incremental", "registered": "67/67", "rot_med_deg": 0.130, "AUC@1": 0.813, "points": 69655},
+            {**key, "mapper": "incremental run 1", "registered": "66/67", "rot_med_deg": 0.151, "AUC@1": 0.829,
+             "points": 69000},
+            {**key, "mapper": "incremental run 2", "registered": "67/67", "rot_med_deg": 0.126, "AUC@1": float("nan"),
+             "points": 70001}]
+    agg = mod.aggregate_rows(runs, "incremental, 3 runs")
+    assert {k: agg[k] for k in key} == key and agg["mapper"] == "incremental, 3 runs"
+    assert agg["registered"] == "66/67 (66/67-67/67)"
+    assert agg["rot_med_deg"] == "0.130 (0.126-0.151)"
+    assert agg["AUC@1"] == "0.821 (0.813-0.829)"  # the run without a value left out
+    assert agg["points"] == "69655 (69000-70001)"
+    one = mod.aggregate_rows(runs[:1], "incremental, 1 runs")
+    assert one["registered"] == "67/67" and one["rot_med_deg"] == 0.130
+    with pytest.raises(SystemExit):
+        mod.main(["--repeats", "0", "--work", str(tmp_path)])
+
 def _model_from_poses(poses, X, f=500.0, size=(640, 480), noise=0.0, seed=0, shared=None, stored_f=None):
     """A pycolmap model: the points X (M, 3) observed where visible (projected with focal length ``f``).
 
