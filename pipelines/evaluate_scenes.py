@@ -129,8 +129,8 @@ def aggregate_rows(rows: list[dict], label: str) -> dict:
     if regs:
         out["registered"] = regs[0] if len(regs) == 1 else f"{regs[0]} ({regs[0]}-{regs[-1]})"
     for c in COLUMNS[KEY_COLUMNS:]:
-        values = [r[c] for r in rows if isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool)]
-        if c == "registered" or not values:
+        values = [r[c] for r in rows if isinstance(r.get(c), (int, float))]  # registered ("k/n") is done above
+        if not values:
             continue
         counts = all(isinstance(v, int) for v in values)  # points: printed as integers
         values = [v for v in values if v == v]  # nan: a run without a model
