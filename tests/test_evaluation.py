@@ -283,7 +283,7 @@ def test_evaluate_scenes_table_keeps_earlier_rows(tmp_path):
 
 
 
-def test_evaluate_scenes_aggregates_repeated_runs(tmp_path):
+def test_evaluate_scenes_aggregates_repeated_runs(tmp_path, monkeypatch):
     """pipelines/evaluate_scenes.py --repeats: one row of median (min-max) per column over a cell's runs."""
     import importlib.util
 
@@ -308,6 +308,29 @@ def test_evaluate_scenes_aggregates_repeated_runs(tmp_path):
     assert one["registered"] == "67/67" and one["rot_med_deg"] == 0.130
     with pytest.raises(SystemExit):
         mod.main(["--repeats", "0", "--work", str(tmp_path)])
+
+    # run_one: run k maps in <mapper>_run<k> with seed k (run 0 as a single run), then the aggregate row
+    seeds = {}
+
+    def fake_mapping(mdir, images, options):
+        seeds[mdir.name] = options.get("seed")
+        return {"registered": 3, "num_images": 3, "points": 10 + len(seeds)}
+
+    for name in ("run_pairs", "run_keypoints", "run_database"):
+        monkeypatch.setattr(mod, name, lambda *a, **k: None)
+    monkeypatch.setattr(mod, "run_mapping", fake_mapping)
+    monkeypatch.setattr(mod, "model_row", lambda summary, mdir, gt: {"registered": "3/3", "points": summary["points"],
+                                                                     "AUC@1": 0.9 + summary["points"] / 1000})
+    out = tmp_path / "fox" / "sift" / "retrieval"
+    out.mkdir(parents=True)
+    (out / "database.db").write_bytes(b"")
+    rows = mod.run_one("fox", "sift", "retrieval", ["incremental"], tmp_path, 10, out, 0.0, repeats=3)
+    assert seeds == {"incremental": None, "incremental_run1": 1, "incremental_run2": 2}
+    assert [r["mapper"] for r in rows] == ["incremental", "incremental run 1", "incremental run 2",
+                                           "incremental, 3 runs"]
+    assert rows[-1]["points"] == "12 (11-13)" and rows[-1]["AUC@1"] == "0.912 (0.911-0.913)"
+    assert all((out / d / "database.db").is_file() and (out / d / "evaluation.json").is_file()
+               for d in seeds)
 
 def _model_from_poses(poses, X, f=500.0, size=(640, 480), noise=0.0, seed=0, shared=None, stored_f=None):
     """A pycolmap model: the points X (M, 3) observed where visible (projected with focal length ``f``).
