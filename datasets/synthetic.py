@@ -1,7 +1,8 @@
 """Synthetic scenes with exact ground truth and EfficientLoFTR-shaped semi-dense matches.
 
 The scene is analytic: a textured ground plane, a textured back wall and a textured box, seen
-by cameras on an arc around it (pinhole, or with COLMAP's RADIAL distortion: ``distortion``).
+by cameras on an arc around it or in another ``layout`` (see below), pinhole or with COLMAP's RADIAL
+distortion (``distortion``), optionally two camera models (``second_camera``).
 Every pixel is ray-cast against the planes (nearest hit), so depth, visibility and
 correspondences are exact. Images are rendered from procedural multi-scale textures (so real
 matchers can run on them too).
@@ -23,7 +24,37 @@ With ``style="sift"`` the matches are detector-like instead: fixed 3D points on 
 each image "detects" the visible ones once (projection + noise, identical in every pair), so the
 same keypoint recurs exactly across pairs (what SIFT / detector-based matchers give).
 
-Run: ``python datasets/synthetic.py --output DIR [--num-images 8] [--style sift] [...]``.
+Camera layouts (``layout``; images are named img_000.png, img_001.png, ... in capture order):
+  arc            (default) ``arc_deg`` (80) deg of a circle of ``radius`` (6 m) in front of the box, heights
+                 2.5 +- 0.6 m, looking at the box / wall. Exactly the cameras of the versions before ``layout``.
+  ring           a full 360 deg circle of ``radius`` around the box, looking at the box centre. The back
+                 wall (y = 4) would hide the scene from the cameras behind it, so the ring has no back wall
+                 (ground + box only; ``back_wall=True`` puts it back); the upper part of the images is empty.
+  turntable      object-turntable: full circles at 2 elevations (20, 45 deg; 3 rings at 15, 35, 55 deg from
+                 18 images on) at 0.6 ``radius`` (3.6 m) from the box centre, looking at it (the box fills
+                 most of the image); ring by ring, odd rings shifted by half a step. The back wall stays
+                 (it is behind the cameras, never between them and the box).
+  walk_turn      a walk around the box's front-right corner at eye height (1.6 m): a segment along y = -5
+                 looking sideways (+y, at box and wall), a 90 deg turn (quarter circle of radius 1 m, the
+                 view turns with the path), a segment along x = +5 looking -x; cameras equally spaced along
+                 the path (so the view direction jumps by up to ~70-90 deg between the two images around the
+                 corner at ~1.5 m spacing).
+  video_gap      like arc, but the step between images n//2 - 1 and n//2 is a quarter of the arc (the other
+                 steps are equal): a video with a dropped stretch.
+  wide_baseline  like arc over 150 deg (``arc_deg`` overrides): few images, wide baselines between neighbours.
+The camera jitter (position, aim, roll) is drawn from the scene's generator like the arc's.
+
+Two camera models in one scene: ``second_camera={"focal": px, "width": w, "height": h, "distortion": [k1, k2],
+"images": "odd" | "second_half"}`` takes the odd-indexed images (or the second half) with that camera
+(missing keys: the first camera's; focal: scaled with the size). Per-index ``focals`` / ``sizes`` /
+``portrait`` apply on top (``focals`` are then relative to the image's camera size).
+
+:func:`check_scene` reads a written scene back (gt/ with pycolmap, pairs.txt, matches.h5) and gives, per pair,
+the match count and the fraction of matches within 1 px (Sampson, undistorted pixels) of the GT epipolar
+geometry. Note the fraction of outliers after the mutual coarse matching is larger than ``outliers`` in pairs
+of small, foreshortened overlap (inliers then share image1 cells and collapse, random outliers do not).
+
+Run: ``python datasets/synthetic.py --output DIR [--num-images 8] [--style sift] [--layout ring] [--check] [...]``.
 """
 
 from __future__ import annotations
@@ -33,10 +64,21 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+
+Layout = Literal["arc", "ring", "turntable", "walk_turn", "video_gap", "wide_baseline"]
+LAYOUTS = get_args(Layout)
+VIDEO_GAP = 0.25  # video_gap: fraction of the arc skipped between images n // 2 - 1 and n // 2
+TURNTABLE_ELEVATIONS = {2: (20.0, 45.0), 3: (15.0, 35.0, 55.0)}  # deg, per number of rings
+TURNTABLE_DISTANCE = 0.6  # turntable: camera distance to the box centre, times ``radius`` (3.6 m by default)
+WALK_DISTANCE = 5 / 6  # walk_turn: the path runs at ``radius`` times this (5 m) from the box centre
+WALK_CORNER_RADIUS = 1.0  # walk_turn: radius (m) of the 90 deg turn
+WALK_SEGMENT2_END = 2.5  # walk_turn: segment 2 ends at y = this (m; the back wall is at y = 4)
 
 
 @dataclass
@@ -48,8 +90,15 @@ class SceneConfig:
     principal_offset: tuple[float, float] = (0.0, 0.0)  # px, principal point minus the image centre (x, y)
     focals: dict = field(default_factory=dict)  # {index: focal} images taken with another focal length (px)
     distortion: tuple[float, float] = (0.0, 0.0)  # radial k1, k2 of every camera (COLMAP's RADIAL model)
-    radius: float = 6.0  # camera distance to the scene centre
-    arc_deg: float = 80.0  # cameras spread over this arc
+    radius: float = 6.0  # camera distance to the scene centre (ring, arc layouts; scales turntable / walk_turn)
+    # span of the arc layouts (arc, video_gap, wide_baseline); None: 80 deg, 150 deg for wide_baseline
+    arc_deg: float | None = None
+    layout: Layout = "arc"  # camera layout, see "Camera layouts" in the module docstring
+    back_wall: bool | None = None  # the back wall plane y=4; None: present except in the "ring" layout
+    # a second camera model: {"focal": px, "width": w, "height": h, "distortion": [k1, k2], "principal_offset":
+    # [dx, dy], "images": "odd" | "second_half"}; the odd-indexed images (default) or the second half of the
+    # images are taken with it; missing keys are the first camera's (focal: scaled with the size)
+    second_camera: dict | None = None
     seed: int = 0
     noise: float = 0.3  # px, Gaussian noise of image1 keypoints
     outliers: float = 0.05  # fraction of random matches
@@ -75,8 +124,9 @@ class SceneConfig:
 # --------------------------------------------------------------------------- geometry
 
 
-def _planes() -> list[dict]:
-    """Rectangles: origin o, edge vectors u, v (the rectangle is o + a u + b v, a, b in [0,1])."""
+def _planes(back_wall: bool = True) -> list[dict]:
+    """Rectangles: origin o, edge vectors u, v (the rectangle is o + a u + b v, a, b in [0,1]).
+    Without ``back_wall`` only the ground and the box (texture indices unchanged)."""
     P = []
 
     def rect(o, u, v, tex):
@@ -85,7 +135,8 @@ def _planes() -> list[dict]:
         P.append({"o": o, "u": u, "v": v, "n": n / np.linalg.norm(n), "tex": tex})
 
     rect([-6, -6, 0], [12, 0, 0], [0, 12, 0], 0)  # ground z=0
-    rect([-6, 4, 0], [12, 0, 0], [0, 0, 6], 1)  # back wall y=4
+    if back_wall:
+        rect([-6, 4, 0], [12, 0, 0], [0, 0, 6], 1)  # back wall y=4
     # box [-1.2,1.2] x [-1,1] x [0,1.8]
     x0, x1, y0, y1, z1 = -1.2, 1.2, -1.0, 1.0, 1.8
     rect([x0, y0, 0], [x1 - x0, 0, 0], [0, 0, z1], 2)  # front y=y0
@@ -174,31 +225,115 @@ class Cam:
         return xy, z
 
 
+def _jitter_pose(c: np.ndarray, target: np.ndarray, rng: np.random.Generator, pos: float = 0.15,
+                 aim: float = 0.2, roll: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Centre + N(0, pos), looking at target + N(0, aim), rolled by N(0, roll) rad; returns (c, R).
+    Draws in this order: centre (3), target (3), roll (1) -- the order of the original "arc" cameras."""
+    c = c + rng.normal(0, pos, 3)
+    target = target + rng.normal(0, aim, 3)
+    R = look_at(c, target)
+    r = rng.normal(0, roll)
+    Rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
+    return c, Rz @ R
+
+
+def _arc_angles(n: int, span_deg: float, gap: float = 0.0) -> np.ndarray:
+    """n azimuths (rad, 0 = in front of the box, i.e. at -y) over ``span_deg``; with ``gap`` > 0 the step
+    between images n // 2 - 1 and n // 2 is ``gap`` of the span and the other steps are equal."""
+    if n <= 1:
+        return np.zeros(1)
+    if gap <= 0 or n < 3:
+        return np.deg2rad(np.linspace(-span_deg / 2, span_deg / 2, n))
+    step = span_deg * (1 - gap) / (n - 2)
+    steps = np.full(n - 1, step)
+    steps[n // 2 - 1] = span_deg * gap
+    return np.deg2rad(np.r_[0.0, np.cumsum(steps)] - span_deg / 2)
+
+
+def _layout_poses(cfg: SceneConfig, n: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(centre, world-to-camera R) of the ``n`` cameras of ``cfg.layout``, in capture order."""
+    layout = cfg.layout
+    poses = []
+    if layout in ("arc", "video_gap", "wide_baseline"):
+        span = cfg.arc_deg if cfg.arc_deg is not None else (150.0 if layout == "wide_baseline" else 80.0)
+        angles = _arc_angles(n, span, VIDEO_GAP if layout == "video_gap" else 0.0)
+        for i in range(n):
+            a = angles[i] - np.pi / 2
+            c = np.array([cfg.radius * np.cos(a), cfg.radius * np.sin(a), 2.5 + 0.6 * np.sin(3 * i)])
+            poses.append(_jitter_pose(c, np.array([0, 0.5, 0.7]), rng))
+    elif layout == "ring":
+        for i in range(n):
+            a = 2 * np.pi * i / n - np.pi / 2
+            c = np.array([cfg.radius * np.cos(a), cfg.radius * np.sin(a), 2.5 + 0.6 * np.sin(3 * i)])
+            poses.append(_jitter_pose(c, np.array([0, 0, 0.7]), rng))
+    elif layout == "turntable":
+        rings = TURNTABLE_ELEVATIONS[3 if n >= 18 else 2]
+        dist = TURNTABLE_DISTANCE * cfg.radius
+        centre = np.array([0, 0, 0.9])  # of the box
+        counts = [n // len(rings) + (k < n % len(rings)) for k in range(len(rings))]
+        for k, (elev, m) in enumerate(zip(rings, counts)):
+            e = np.deg2rad(elev)
+            for j in range(m):
+                a = 2 * np.pi * (j + 0.5 * (k % 2)) / m - np.pi / 2  # odd rings shifted by half a step
+                c = centre + dist * np.array([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)])
+                poses.append(_jitter_pose(c, centre, rng, pos=0.05, aim=0.1))
+    elif layout == "walk_turn":
+        # L-shaped path around the box's front-right corner: segment 1 along y = -d (walking +x, looking +y),
+        # a quarter circle of radius rc (the 90 deg turn; the view turns with the path), segment 2 along x = +d
+        # (walking +y, looking -x). Cameras equally spaced along the path, eye height 1.6 m.
+        d, rc = WALK_DISTANCE * cfg.radius, WALK_CORNER_RADIUS
+        l1, l2 = 2 * d - rc, d - rc + WALK_SEGMENT2_END
+        la = np.pi / 2 * rc
+        for i, s in enumerate(np.linspace(0, l1 + la + l2, n) if n > 1 else [0.0]):
+            if s <= l1:
+                p, tangent = np.array([-d + s, -d]), np.array([1.0, 0.0])
+            elif s <= l1 + la:
+                phi = (s - l1) / rc  # 0 -> pi/2
+                p = np.array([d - rc + rc * np.sin(phi), -d + rc - rc * np.cos(phi)])
+                tangent = np.array([np.cos(phi), np.sin(phi)])
+            else:
+                p, tangent = np.array([d, -d + rc + (s - l1 - la)]), np.array([0.0, 1.0])
+            look = np.array([-tangent[1], tangent[0]])  # left of the walking direction: towards the box
+            c = np.array([p[0], p[1], 1.6 + 0.1 * np.sin(3 * i)])
+            target = np.array([*(p + d * look), 0.7])
+            poses.append(_jitter_pose(c, target, rng, pos=0.05, aim=0.1))
+    else:
+        raise ValueError(f"unknown layout {layout!r} (one of {', '.join(LAYOUTS)})")
+    return poses
+
+
+def _intrinsics(cfg: SceneConfig, i: int, n: int) -> tuple[int, int, float, tuple, tuple]:
+    """(w, h, f, principal offset, distortion) of image i: its camera group's, then ``sizes`` / ``portrait``
+    / ``focals`` of that index (the focal scaled with the image size relative to the group's size)."""
+    W, H, F, off, k = cfg.width, cfg.height, cfg.focal, cfg.principal_offset, cfg.distortion
+    sc = cfg.second_camera
+    if sc:
+        which = sc.get("images", "odd")
+        if which not in ("odd", "second_half"):
+            raise ValueError(f"second_camera['images'] must be 'odd' or 'second_half', not {which!r}")
+        if (i % 2 == 1) if which == "odd" else (i >= (n + 1) // 2):
+            W, H = sc.get("width", W), sc.get("height", H)
+            F = sc.get("focal", F * max(W, H) / max(cfg.width, cfg.height))
+            off, k = sc.get("principal_offset", off), sc.get("distortion", k)
+    w, h = W, H
+    if i in cfg.sizes or str(i) in cfg.sizes:
+        w, h = cfg.sizes.get(i, cfg.sizes.get(str(i)))
+    if i in cfg.portrait:
+        w, h = h, w
+    f = cfg.focals.get(i, cfg.focals.get(str(i), F)) * max(w, h) / max(W, H)
+    return int(w), int(h), float(f), tuple(map(float, off)), tuple(map(float, k))
+
+
 def make_cameras(cfg: SceneConfig, rng: np.random.Generator) -> list[Cam]:
     n = cfg.num_images + cfg.isolated_images
     cams = []
-    angles = np.deg2rad(np.linspace(-cfg.arc_deg / 2, cfg.arc_deg / 2, max(n, 1))) if n > 1 else np.zeros(1)
-    for i in range(n):
-        a = angles[i] - np.pi / 2
-        c = np.array([cfg.radius * np.cos(a), cfg.radius * np.sin(a), 2.5 + 0.6 * np.sin(3 * i)])
-        c += rng.normal(0, 0.15, 3)
-        target = np.array([0, 0.5, 0.7]) + rng.normal(0, 0.2, 3)
-        R = look_at(c, target)
-        roll = rng.normal(0, 0.05)
-        Rz = np.array([[np.cos(roll), -np.sin(roll), 0], [np.sin(roll), np.cos(roll), 0], [0, 0, 1]])
-        R = Rz @ R
-        w, h = cfg.width, cfg.height
-        if i in cfg.sizes or str(i) in cfg.sizes:
-            w, h = cfg.sizes.get(i, cfg.sizes.get(str(i)))
-        if i in cfg.portrait:
-            w, h = h, w
-        f = cfg.focals.get(i, cfg.focals.get(str(i), cfg.focal)) * max(w, h) / max(cfg.width, cfg.height)
+    for i, (c, R) in enumerate(_layout_poses(cfg, n, rng)):
+        w, h, f, off, k = _intrinsics(cfg, i, n)
         if cfg.subfolders:
             name = f"{'ab'[i % 2]}/img_{i // 2:03d}.png"
         else:
             name = f"img_{i:03d}.png"
-        cams.append(Cam(name, int(w), int(h), float(f), R, -R @ c, tuple(map(float, cfg.principal_offset)),
-                        tuple(map(float, cfg.distortion))))
+        cams.append(Cam(name, w, h, f, R, -R @ c, off, k))
     return cams
 
 
@@ -406,7 +541,9 @@ def generate(output: Path, cfg: SceneConfig | None = None) -> dict:
     cfg = cfg or SceneConfig()
     output = Path(output)
     rng = np.random.default_rng(cfg.seed)
-    planes = _planes()
+    if cfg.layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {cfg.layout!r} (one of {', '.join(LAYOUTS)})")
+    planes = _planes(cfg.back_wall if cfg.back_wall is not None else cfg.layout != "ring")
     cams = make_cameras(cfg, rng)
     (output / "images").mkdir(parents=True, exist_ok=True)
     texs = None
@@ -447,6 +584,55 @@ def generate(output: Path, cfg: SceneConfig | None = None) -> dict:
     return manifest
 
 
+def sampson_errors(cam0, cam1, pose0, pose1, k0: np.ndarray, k1: np.ndarray) -> np.ndarray:
+    """Sampson distance (px, in undistorted pixels) of matches k0 <-> k1 (OpenCV convention) to the
+    epipolar geometry of the pycolmap cameras ``cam0``, ``cam1`` with poses (cam_from_world Rigid3d)."""
+    R0, t0 = pose0.rotation.matrix(), np.asarray(pose0.translation)
+    R1, t1 = pose1.rotation.matrix(), np.asarray(pose1.translation)
+    R = R1 @ R0.T
+    t = t1 - R @ t0
+    E = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]]) @ R
+    K0, K1 = cam0.calibration_matrix(), cam1.calibration_matrix()
+    F = np.linalg.inv(K1).T @ E @ np.linalg.inv(K0)
+
+    def undistorted(cam, K, k):  # COLMAP pixels (+0.5), undistorted, back to pixels of an ideal pinhole
+        x = np.c_[cam.cam_from_img(np.asarray(k, np.float64) + 0.5), np.ones(len(k))]
+        return x @ K.T
+
+    x0, x1 = undistorted(cam0, K0, k0), undistorted(cam1, K1, k1)
+    Fx0, Ftx1 = x0 @ F.T, x1 @ F
+    num = np.sum(x1 * Fx0, 1) ** 2
+    den = Fx0[:, 0] ** 2 + Fx0[:, 1] ** 2 + Ftx1[:, 0] ** 2 + Ftx1[:, 1] ** 2
+    return np.sqrt(num / np.maximum(den, 1e-30))
+
+
+def check_scene(output: Path, max_error: float = 1.0) -> list[dict]:
+    """Check a written scene against its own files: for each pair of pairs.txt, the number of matches in
+    matches.h5 and the fraction of them within ``max_error`` px (Sampson) of the epipolar geometry of the GT
+    model in gt/. Returns one dict per pair: names, matches, inlier_fraction, median_error."""
+    import h5py
+    import pycolmap
+
+    output = Path(output)
+    rec = pycolmap.Reconstruction(str(output / "gt"))
+    by_name = {im.name: im for im in rec.images.values()}
+    out = []
+    with h5py.File(output / "matches.h5", "r") as f:
+        for line in (output / "pairs.txt").read_text().splitlines():
+            if not line.strip():
+                continue
+            a, b = line.split()
+            g = f[a.replace("/", "-") + "/" + b.replace("/", "-")]
+            k0, k1 = g["keypoints0"][()], g["keypoints1"][()]
+            ia, ib = by_name[a], by_name[b]
+            err = sampson_errors(rec.cameras[ia.camera_id], rec.cameras[ib.camera_id], ia.cam_from_world(),
+                                 ib.cam_from_world(), k0, k1) if len(k0) else np.zeros(0)
+            out.append({"image0": a, "image1": b, "matches": int(len(k0)),
+                        "inlier_fraction": float(np.mean(err < max_error)) if len(err) else 0.0,
+                        "median_error": float(np.median(err)) if len(err) else float("nan")})
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--output", required=True, type=Path)
@@ -459,12 +645,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--portrait", type=int, nargs="*", default=[])
     ap.add_argument("--principal-offset", type=float, nargs=2, default=[0.0, 0.0], metavar=("DX", "DY"))
     ap.add_argument("--distortion", type=float, nargs=2, default=[0.0, 0.0], metavar=("K1", "K2"))
+    ap.add_argument("--layout", choices=LAYOUTS, default="arc", help="camera layout (see the module docstring)")
+    ap.add_argument("--arc-deg", type=float, default=None, help="span of the arc layouts (default 80, wide_baseline 150)")
+    ap.add_argument("--back-wall", choices=["auto", "yes", "no"], default="auto",
+                    help="the back wall plane (auto: present except in the ring layout)")
+    ap.add_argument("--second-camera", type=json.loads, default=None, metavar="JSON",
+                    help='e.g. \'{"focal": 300, "width": 640, "height": 480}\': the odd images come from this camera')
+    ap.add_argument("--no-render", dest="render", action="store_false", help="flat grey images (GT and matches only)")
+    ap.add_argument("--check", action="store_true", help="after writing, check the matches against the GT poses")
     a = vars(ap.parse_args(argv))
     out = a.pop("output")
+    check = a.pop("check")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     a["principal_offset"] = tuple(a["principal_offset"])
     a["distortion"] = tuple(a["distortion"])
+    a["back_wall"] = {"auto": None, "yes": True, "no": False}[a["back_wall"]]
     generate(out, SceneConfig(**a))
+    if check:
+        res = check_scene(out)
+        fr = np.array([r["inlier_fraction"] for r in res if r["matches"]])
+        logger.info("check: %d pairs, %d with matches, min %d matches; fraction of matches within 1 px (Sampson) of "
+                    "the GT epipolar geometry: min %.3f, median %.3f", len(res), len(fr),
+                    min((r["matches"] for r in res), default=0), fr.min() if len(fr) else 0, np.median(fr) if len(fr) else 0)
 
 
 if __name__ == "__main__":
