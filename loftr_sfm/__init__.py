@@ -23,7 +23,7 @@ _LAZY = {
     "run_matching": "loftr_sfm.matching",
     "run_keypoints": "loftr_sfm.keypoints",
     "run_database": "loftr_sfm.database",
-    "run_mapping": "loftr_sfm.reconstruction",
+    "run_mapping": "loftr_sfm.sfm",
     "reconstruct": "loftr_sfm.pipeline",
     "localize": "loftr_sfm.localization",
 }

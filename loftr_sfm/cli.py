@@ -28,7 +28,7 @@ STAGE_CONFIGS: dict[str, tuple[str, str, dict[str, list[str]]]] = {
     "match": ("loftr_sfm.matching", "MatchingConfig", {}),
     "keypoints": ("loftr_sfm.keypoints", "KeypointsConfig", {}),
     "database": ("loftr_sfm.database", "DatabaseConfig", {}),
-    "map": ("loftr_sfm.reconstruction", "MappingConfig", {}),
+    "map": ("loftr_sfm.sfm", "MappingConfig", {}),
     "localize": ("loftr_sfm.localization", "LocalizationConfig", {}),
 }
 
@@ -84,6 +84,15 @@ def _field_comments(cls: type) -> dict[str, str]:
     return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, re.M)}
 
 
+def _part_title(part_cls: type) -> str:
+    """An argument group's title: the first line of the part's docstring, else ``<ClassName> options``."""
+    doc = part_cls.__dict__.get("__doc__") or ""
+    first = doc.strip().splitlines()[0].strip() if doc.strip() else ""
+    if not first or first.startswith(f"{part_cls.__name__}("):  # dataclass's generated signature docstring
+        return f"{part_cls.__name__} options"
+    return first.rstrip(".")
+
+
 def add_config_arguments(
     parser: argparse.ArgumentParser,
     cls: type,
@@ -91,32 +100,65 @@ def add_config_arguments(
     skip: set[str] | frozenset[str] = frozenset(),
     seen: set[str] | None = None,
 ) -> None:
-    """Add one ``--field-name`` flag per dataclass field (defaults suppressed: only given flags count)."""
-    hints = typing.get_type_hints(cls)
-    comments = _field_comments(cls)
-    group = parser.add_argument_group(f"{cls.__name__} options")
-    for field in dataclasses.fields(cls):
-        if field.name in skip or (seen is not None and field.name in seen):
-            continue
-        flags = [f"--{field.name.replace('_', '-')}"] + list((aliases or {}).get(field.name, []))
-        default = field.default if field.default is not dataclasses.MISSING else (
-            field.default_factory() if field.default_factory is not dataclasses.MISSING else None
-        )
-        help_text = field.metadata.get("help", comments.get(field.name, ""))
-        group.add_argument(
-            *flags,
-            dest=field.name,
-            default=argparse.SUPPRESS,
-            help=f"{help_text} (default: {default!r})".strip(),
-            **_argument_spec(hints[field.name]),
-        )
-        if seen is not None:
-            seen.add(field.name)
+    """Add one ``--field-name`` flag per leaf field of a (possibly nested) dataclass config.
+
+    Defaults are suppressed: only given flags count. The fields of ``cls`` go into a group
+    ``<ClassName> options``; every part (a field whose type is a dataclass) gets a group of its own,
+    with one flag per leaf field named after the leaf (``--share`` for ``cfg.cameras.share``).
+    ``skip``, ``aliases`` and ``seen`` (flags already added by another stage) are by leaf name.
+    """
+    from loftr_sfm.utils import config_field_types, config_leaves, config_parts
+
+    config_leaves(cls)  # fails loudly on ambiguous leaf names and on collisions with the parts
+    try:
+        defaults: Any = cls()
+    except Exception:  # noqa: BLE001 - required fields, validation: fall back to the field defaults
+        defaults = None
+    groups: dict[tuple[str, ...], argparse._ArgumentGroup] = {}
+
+    def walk(part_cls: type, prefix: tuple[str, ...], part_default: Any) -> None:
+        hints = config_field_types(part_cls)
+        comments = _field_comments(part_cls)
+        parts = config_parts(part_cls)
+        for field in dataclasses.fields(part_cls):
+            default = getattr(part_default, field.name) if part_default is not None else (
+                field.default if field.default is not dataclasses.MISSING else (
+                    field.default_factory() if field.default_factory is not dataclasses.MISSING else None
+                )
+            )
+            if field.name in parts:
+                walk(parts[field.name], (*prefix, field.name), default)
+                continue
+            if field.name in skip or (seen is not None and field.name in seen):
+                continue
+            if prefix not in groups:
+                if prefix:
+                    groups[prefix] = parser.add_argument_group(
+                        _part_title(part_cls), f"part `{'.'.join(prefix)}` of {cls.__name__}"
+                    )
+                else:
+                    groups[prefix] = parser.add_argument_group(f"{cls.__name__} options")
+            flags = [f"--{field.name.replace('_', '-')}"] + list((aliases or {}).get(field.name, []))
+            help_text = field.metadata.get("help", comments.get(field.name, ""))
+            groups[prefix].add_argument(
+                *flags,
+                dest=field.name,
+                default=argparse.SUPPRESS,
+                help=f"{help_text} (default: {default!r})".strip(),
+                **_argument_spec(hints[field.name]),
+            )
+            if seen is not None:
+                seen.add(field.name)
+
+    walk(cls, (), defaults)
 
 
 def given_options(cls: type, args: argparse.Namespace) -> dict[str, Any]:
-    """The fields of ``cls`` given on the command line (the others are absent: defaults apply)."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    """The leaf fields of ``cls`` given on the command line, by flat leaf name (the others are absent:
+    defaults apply); ``merge_config`` routes them into the parts."""
+    from loftr_sfm.utils import config_leaves
+
+    names = config_leaves(cls)
     return {k: v for k, v in vars(args).items() if k in names}
 
 
@@ -157,9 +199,6 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in ("pairs", "match", "keypoints", "database", "map"):
         _, _, aliases = STAGE_CONFIGS[stage]
         add_config_arguments(p, _config_class(stage), aliases, skip=_DIR_ARGS, seen=seen)
-    p.add_argument("--repair", type=_parse_bool, nargs="?", const=True, default=True, metavar="BOOL",
-                   help="match the pairs of images the mapping check removes again, stricter (XFeat*: ratio test), "
-                        "and keep the new model if it registers more images (default: true)")
     p.add_argument("--bridge-weak-links", type=_parse_bool, nargs="?", const=True, default=True, metavar="BOOL",
                    help="sequential pairs without loop closure: if the database stage finds weak links (a video "
                         "with a gap), select the pairs again with loop closure and go on from there (default: true)")
@@ -169,10 +208,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stage(sub, "keypoints", "merge semi-dense matches into shared keypoints -> features.h5 + matches0", False)
     _add_stage(sub, "database", "write the COLMAP database and verify geometry -> database.db", True)
     _add_stage(sub, "map", "incremental or global mapping -> model/, points.ply, summary.json", True)
-    sub.choices["map"].add_argument(
-        "--start-model", type=Path, default=None, metavar="DIR",
-        help="a COLMAP model of some of the images (e.g. an earlier model/ before photos were added): keep its poses "
-             "and register the other images around them, or map from scratch if that registers too few")
 
     p = sub.add_parser("localize", help="localize new photos against a map -> poses.txt")
     p.add_argument("--map", type=Path, required=True, dest="map_dir", help="output directory of `reconstruct`")
@@ -212,16 +247,14 @@ def run(argv: list[str] | None = None) -> Any:
         return reconstruct(
             args.images, args.output,
             pairs=configs["pairs"], matching=configs["match"], keypoints=configs["keypoints"],
-            database=configs["database"], mapping=configs["map"], repair=args.repair,
-            bridge_weak_links=args.bridge_weak_links,
+            database=configs["database"], mapping=configs["map"], bridge_weak_links=args.bridge_weak_links,
         )
     if cmd in ("pairs", "match", "keypoints", "database", "map"):
         module, cls_name, _ = STAGE_CONFIGS[cmd]
         fn_name = {"pairs": "run_pairs", "match": "run_matching", "keypoints": "run_keypoints",
                    "database": "run_database", "map": "run_mapping"}[cmd]
         fn = getattr(importlib.import_module(module), fn_name)
-        extra = {"start": args.start_model} if cmd == "map" and args.start_model is not None else {}
-        return fn(args.output, args.images, config_from_args(_config_class(cmd), args), **extra)
+        return fn(args.output, args.images, config_from_args(_config_class(cmd), args))
     if cmd == "localize":
         from loftr_sfm.localization import localize
 

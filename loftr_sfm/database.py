@@ -19,17 +19,10 @@ stage) and ``output/pairs.txt``; writes ``output/database.db`` with
 * matches: validated index ranges, uint32.
 * two-view geometries: pycolmap's geometric verification with a fixed RANSAC seed (existing
   two-view geometries are cleared first, re-verification is otherwise a no-op in pycolmap).
-  A pair whose inliers are fewer than ``min_inlier_ratio`` of its matches is then rejected (its
-  two-view geometry deleted; the matches stay): a semi-dense matcher returns a hundred or more
-  matches on images that do not overlap, and RANSAC finds 15-100 of them consistent by chance,
-  which passes pycolmap's 15-inlier test. Measured against GT poses (inliers agreeing with the GT
-  epipolar geometry), XFeat* matches after the merge: fox, sequential pairs, 49 verified pairs
-  agree under 30 % (all at inlier ratios 0.17-0.24; they turned the video's second half in the
-  mapper), 558 over 70 % (lowest ratio 0.25); castle-P30 sequential, 30 of its 72 wrong pairs
-  have ratios of 0.20-0.25 at 60-100 inliers (the others are look-alike wings with consistent
-  wrong matches, left to the mapping check). Over fox's and castle's sequential and retrieval
-  databases 0.25 rejects 89 of 145 wrong pairs and 1 of 1,199 right ones. The default (None)
-  applies 0.25 to semi-dense matches and nothing to ``sift``, the COLMAP baseline.
+  Optionally (``min_inlier_ratio``, off by default) a pair whose inliers are fewer than that share
+  of its matches is then rejected (its two-view geometry deleted; the matches stay). Off because
+  true pairs across a strong viewpoint change also have low inlier ratios, and cutting them breaks
+  sparse pair graphs (docs/accuracy.md).
 
 Resumable: the database is built in a temporary file and moved into place; a finished database
 whose inputs and options are unchanged is reused (``overwrite`` forces a rebuild). The
@@ -47,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import InputError, atomic_path, image_size, matches_backend, read_pairs
+from .io import InputError, atomic_path, image_size, read_pairs
 from .utils import Timer, merge_config
 
 logger = logging.getLogger(__name__)
@@ -68,7 +61,7 @@ class DatabaseConfig:
     ransac_max_trials: int = 20000
     ransac_min_inlier_ratio: float = 0.1
     min_num_inliers: int = 15
-    min_inlier_ratio: float | None = None  # reject pairs with fewer inliers than this share of matches (None: 0.25, sift 0)
+    min_inlier_ratio: float = 0.0  # reject verified pairs with fewer inliers than this share of matches (0: off)
     weak_link_pairs: int = 5  # warn where the images before and after a name share <= this many verified pairs (0: off)
     num_threads: int = -1
     verbose: bool = False
@@ -232,17 +225,11 @@ def verify_database(db_path: Path, cfg: DatabaseConfig) -> None:
     pycolmap.geometric_verification(str(db_path), verifier_options=vo, two_view_geometry_options=tvo)
 
 
-#: ``min_inlier_ratio`` of semi-dense matches (module doc); ``sift`` gets 0 (pycolmap's verification as is)
-SEMI_DENSE_MIN_INLIER_RATIO = 0.25
-
-
-def min_inlier_ratio(cfg: DatabaseConfig, matcher: str | None) -> float:
-    """``cfg.min_inlier_ratio``, or its default for the backend ``matcher`` (None: unknown, semi-dense)."""
-    if cfg.min_inlier_ratio is not None:
-        if not 0.0 <= cfg.min_inlier_ratio < 1.0:
-            raise ValueError(f"min_inlier_ratio must be in [0, 1), got {cfg.min_inlier_ratio}")
-        return float(cfg.min_inlier_ratio)
-    return 0.0 if matcher == "sift" else SEMI_DENSE_MIN_INLIER_RATIO
+def min_inlier_ratio(cfg: DatabaseConfig) -> float:
+    """``cfg.min_inlier_ratio``, checked to be in [0, 1)."""
+    if not 0.0 <= cfg.min_inlier_ratio < 1.0:
+        raise ValueError(f"min_inlier_ratio must be in [0, 1), got {cfg.min_inlier_ratio}")
+    return float(cfg.min_inlier_ratio)
 
 
 def reject_low_inlier_ratio(db_path: Path, ratio: float) -> list[tuple[str, str]]:
@@ -405,7 +392,7 @@ def run_database(output: Path, images: Path, config: DatabaseConfig | None = Non
     for p in (feats_path, matches_path):
         if not p.is_file():
             raise InputError(f"{p} does not exist: run the keypoints stage first")
-    ratio = min_inlier_ratio(cfg, matches_backend(output)) if cfg.verify else 0.0
+    ratio = min_inlier_ratio(cfg) if cfg.verify else 0.0
     if cfg.weak_link_pairs < 0:
         raise ValueError(f"weak_link_pairs must be >= 0 (0: no warning), got {cfg.weak_link_pairs}")
     sig = _signature(output, images, cfg)
@@ -456,7 +443,7 @@ def run_database(output: Path, images: Path, config: DatabaseConfig | None = Non
         stats["images"], stats["cameras"], stats["keypoints"], stats["matched_pairs"], stats["verified_pairs"], t.seconds,
     )
     try:
-        from .reconstruction import record_stage_time
+        from .workspace import record_stage_time
 
         record_stage_time(output, "database", t.seconds)
     except Exception:  # pragma: no cover

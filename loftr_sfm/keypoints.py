@@ -886,7 +886,7 @@ def run_keypoints(output: Path, images: Path | None = None, config: KeypointsCon
         res.stats["merged_nodes"], res.stats["cut_edges"], timer.seconds,
     )
     try:  # per-stage times for the summary (reconstruction owns the helper)
-        from .reconstruction import record_stage_time
+        from .workspace import record_stage_time
 
         record_stage_time(output, "keypoints", timer.seconds)
     except Exception:  # pragma: no cover - timing is best effort

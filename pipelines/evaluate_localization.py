@@ -83,7 +83,7 @@ def build_map(images: Path, output: Path, **configs) -> dict:
     from loftr_sfm.keypoints import run_keypoints
     from loftr_sfm.matching import run_matching
     from loftr_sfm.pairs import run_pairs
-    from loftr_sfm.reconstruction import run_mapping
+    from loftr_sfm.sfm import run_mapping
 
     output.mkdir(parents=True, exist_ok=True)
     for name, fn in (("pairs", run_pairs), ("matching", run_matching), ("keypoints", run_keypoints),

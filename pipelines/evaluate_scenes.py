@@ -56,8 +56,7 @@ from loftr_sfm.io import atomic_path, find_pair, read_pairs, write_pairs
 from loftr_sfm.keypoints import run_keypoints
 from loftr_sfm.matching import run_matching
 from loftr_sfm.pairs import run_pairs
-from loftr_sfm.pipeline import repair_dropped_images
-from loftr_sfm.reconstruction import MappingConfig, run_mapping, track_refinement_wanted
+from loftr_sfm.sfm import run_mapping
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 logger = logging.getLogger("evaluate_scenes")
@@ -194,7 +193,7 @@ def match_source(scene: str, matcher: str, methods: list[str], work: Path, num_n
 
 def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Path, num_neighbors: int,
             source: Path, match_s: float, intrinsics: str = "estimated",
-            matcher_options: str | None = None, repair: bool = True,
+            matcher_options: str | None = None,
             camera_model: str = "SIMPLE_RADIAL", repeats: int = 1) -> list[dict]:
     """Keypoints, database, mapping and evaluation of one (scene, matcher, pairs, intrinsics) cell.
 
@@ -202,8 +201,7 @@ def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Pat
     per image, focal refined, principal point fixed at the centre), ``shared`` (one SIMPLE_RADIAL
     camera for all images, principal point refined too) or ``gt`` (one camera with the GT
     calibration, kept fixed in bundle adjustment), which removes the principal-point bias and
-    leaves the matches as the only difference between matchers. ``repair``: as ``reconstruct``,
-    match the pairs of images the mapping check removed again with the backend's stricter options.
+    leaves the matches as the only difference between matchers.
     ``camera_model``: the COLMAP model of the estimated cameras (``estimated`` and ``shared``); runs
     with another model than SIMPLE_RADIAL go to their own folders (``<pairs>_shared_radial``, ...).
     ``repeats``: map each mapper this many times (seeds 0..repeats-1, folders ``<mapper>``,
@@ -222,9 +220,7 @@ def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Pat
         run_matching(out, images, {"matcher": matcher, "matcher_options": matcher_options})  # nothing left: resumes
     run_keypoints(out, images, {"preset": matcher})
     database: dict = {}
-    # each mapper runs in a subfolder holding only the database, where refine_tracks=auto cannot read the
-    # matcher from matches.h5: decide it here, on the folder that has the files
-    mapping_extra: dict = {"refine_tracks": "on" if track_refinement_wanted(MappingConfig(), out) else "off"}
+    mapping_extra: dict = {}
     if intrinsics == "gt":
         database, fixed = known_intrinsics(*gt_camera_params(gt))
         mapping_extra.update(fixed)
@@ -245,13 +241,6 @@ def run_one(scene: str, matcher: str, method: str, mappers: list[str], work: Pat
             mapping = {"mapper": mapper, **mapping_extra, **({"seed": run} if run else {})}
             t1 = time.perf_counter()
             summary = run_mapping(mdir, images, mapping)
-            if repair and summary.get("unregistered_images"):  # as `reconstruct` does; the repair reads pairs and matches
-                for name in ("pairs.txt", "matches.h5"):
-                    if not (mdir / name).exists():
-                        (mdir / name).symlink_to((out / name).resolve())
-                summary = repair_dropped_images(mdir, images, summary,
-                                                {"matcher": matcher, "matcher_options": matcher_options},
-                                                {"preset": matcher}, database, mapping)
             map_s = time.perf_counter() - t1
             row = {"scene": scene, "matcher": matcher, "pairs": method, "intrinsics": label,
                    "mapper": mapper if run == 0 else f"{mapper} run {run}",
@@ -280,8 +269,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-neighbors", type=int, default=10)
     ap.add_argument("--matcher-options", default=None,
                     help="backend options for every matcher, 'key=value,...' (use a separate --work per setting)")
-    ap.add_argument("--no-repair", dest="repair", action="store_false",
-                    help="do not match the pairs of images the mapping check removes again (reconstruct's repair)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="map every cell this many times (mapper seeds 0..N-1) and add a row with the median and "
                          "range of the runs")
@@ -306,8 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                 # the pair methods other than the matched one reuse its matches: no matching time
                 spent = match_s if args.work / scene / matcher / method == source else 0.0
                 for row in run_one(scene, matcher, method, args.mappers, args.work, args.num_neighbors,
-                                   source, spent, intrinsics, args.matcher_options, args.repair,
-                                   args.camera_model, args.repeats):
+                                   source, spent, intrinsics, args.matcher_options, args.camera_model, args.repeats):
                     emit_row(row, COLUMNS, rows, args.table)
     return 0
 

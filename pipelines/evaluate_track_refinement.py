@@ -2,7 +2,7 @@
 
 For every model that ``pipelines/evaluate_scenes.py`` left in ``--work``
 (``<scene>/<matcher>/<pairs>[_gtK]/<mapper>/model``), applies the mapping stage's own track
-refinement (:func:`loftr_sfm.reconstruction.refine_model_tracks`, with the mapping options that
+refinement (:func:`loftr_sfm.sfm.refine.refine_model_tracks`, with the mapping options that
 model was built with) to a copy and prints one row: the model as mapped without refinement, and
 after it (rotation / position errors after Sim(3), relative-pose AUC, reprojection error, points,
 seconds). The refined row is what the mapping stage gives with ``refine_tracks=on`` when its
@@ -12,7 +12,7 @@ the mappers (minutes per model).
 Pass ``--options`` (``key=value,...``) to try other :class:`TrackRefinementConfig` settings.
 
 ``--step filter`` applies the mapping stage's last step instead, the relative filter
-(:func:`loftr_sfm.reconstruction.filter_model`; ``--factor`` overrides its multiple), to the
+(:func:`loftr_sfm.sfm.refine.filter_model`; ``--factor`` overrides its multiple), to the
 models that were mapped without it (their summary.json says ``relative_filter`` null).
 
 Usage:
@@ -35,13 +35,8 @@ DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 
 from loftr_sfm.evaluation import EvaluationConfig, evaluate_reconstruction  # noqa: E402
-from loftr_sfm.reconstruction import (  # noqa: E402
-    MappingConfig,
-    filter_model,
-    load_model,
-    refine_model_tracks,
-    relative_filter_factor,
-)
+from loftr_sfm.sfm import MappingConfig, load_model  # noqa: E402
+from loftr_sfm.sfm.refine import filter_model, refine_model_tracks, relative_filter_factor  # noqa: E402
 from loftr_sfm.utils import merge_config  # noqa: E402
 from evaluate_scenes import emit_row  # noqa: E402  (this folder is on sys.path when run as a script)
 
@@ -82,9 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                 summary = json.loads((mdir.parent / "summary.json").read_text())
                 if args.step == "filter" and summary.get("relative_filter"):
                     continue  # filtered when mapped already
-                known = {f for f in MappingConfig.__dataclass_fields__}
-                cfg = merge_config(MappingConfig, {k: v for k, v in summary.get("config", {}).items() if k in known},
-                                   track_refinement=args.options, relative_filter_factor=args.factor)
+                cfg = merge_config(MappingConfig, summary.get("config", {}), track_refinement=args.options,
+                                   relative_filter_factor=args.factor)
                 rec = load_model(mdir.parent)
                 base = {"scene": scene, "matcher": matcher, "pairs": cell.removesuffix("_gtK"),
                         "intrinsics": "gt" if cell.endswith("_gtK") else "estimated", "mapper": mapper}
@@ -92,10 +86,11 @@ def main(argv: list[str] | None = None) -> int:
                          "reproj_px": rec.compute_mean_reprojection_error(), "seconds": ""}]
                 t0 = time.perf_counter()
                 if args.step == "filter":
-                    refined, stats = filter_model(rec, cfg)
-                    done = f"filter x{relative_filter_factor(cfg):g}"
+                    refined, stats = filter_model(rec, cfg.refinement, cfg.cameras, cfg.num_threads)
+                    done = f"filter x{relative_filter_factor(cfg.refinement, cfg.cameras):g}"
                 else:
-                    refined, stats = refine_model_tracks(rec, DATA / scene / "images", cfg)
+                    refined, stats = refine_model_tracks(rec, DATA / scene / "images", cfg.refinement, cfg.cameras,
+                                                         cfg.num_threads)
                     done = "tracks"
                 seconds = time.perf_counter() - t0
                 rows.append({**base, "applied": "reverted" if stats["reverted"] else done, **evaluate(refined, scene),

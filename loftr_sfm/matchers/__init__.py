@@ -102,15 +102,6 @@ class MatcherBackend:
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
 
-    @classmethod
-    def repair_options(cls, options: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Stricter backend options for the pairs of images the mapping check removed, or None.
-
-        ``reconstruct`` matches those pairs again with them (:func:`loftr_sfm.pipeline.repair_dropped_images`);
-        None (the default) means the backend has nothing stricter to offer.
-        """
-        return None
-
     @property
     def default_batch_size(self) -> int:
         """Pairs per call when the user does not choose (1 for backends that do not batch)."""

@@ -146,13 +146,6 @@ class XFeatStarMatcher(MatcherBackend):
     Options = XFeatOptions
     supports_batching = True
 
-    @classmethod
-    def repair_options(cls, options):
-        """The ratio test at 0.85 when it is off: the mapping check removes images held by look-alike structure."""
-        if options.get("max_ratio") is not None:
-            return None
-        return {**options, "max_ratio": 0.85}
-
     def __init__(self, options: XFeatOptions | None = None, device: str = "cpu") -> None:
         super().__init__(device=device)
         self.options = options or XFeatOptions()

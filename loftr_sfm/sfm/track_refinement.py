@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import ImageReadError, read_image
+from ..io import ImageReadError, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def _load_stack(images: Path, name: str, max_size: int, device: str):
     import cv2
     import torch
 
-    from .matchers.refine import image_gradients
+    from ..matchers.refine import image_gradients
 
     gray = read_image(images / name, grayscale=True)
     h, w = gray.shape
@@ -161,8 +161,8 @@ def align_tracks(rec, images: Path, table: TrackTable, ref: np.ndarray, config: 
     import torch
     from tqdm import tqdm
 
-    from .matchers.refine import RefineOptions, Templates, align, make_templates
-    from .utils import resolve_device
+    from ..matchers.refine import RefineOptions, Templates, align, make_templates
+    from ..utils import resolve_device
 
     device = resolve_device(config.device)
     opts = RefineOptions(config.radius, config.iterations, config.min_ncc, config.max_shift, config.affine)
@@ -283,7 +283,7 @@ def refine_tracks(
     """
     import pycolmap
 
-    from .utils import merge_config
+    from ..utils import merge_config
 
     cfg = merge_config(TrackRefinementConfig, config)
     images = Path(images)

@@ -1,0 +1,145 @@
+"""A mapped model: statistics, files, loading, and triangulation with known poses."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..io import InputError
+
+logger = logging.getLogger(__name__)
+
+
+def quiet_pycolmap(verbose: bool) -> None:
+    """pycolmap's log: everything when ``verbose``, else errors only."""
+    import pycolmap
+
+    pycolmap.logging.minloglevel = 0 if verbose else 2
+
+
+def model_stats(rec) -> dict:
+    """Statistics of a pycolmap.Reconstruction.
+
+    ``mean_track_length`` counts each image at most once per track; ``duplicate_observations``
+    is the number of removed repeated observations (0 after a correct merge).
+    """
+    n_pts = rec.num_points3D()
+    lengths, dups = [], 0
+    for p in rec.points3D.values():
+        ids = [el.image_id for el in p.track.elements]
+        u = len(set(ids))
+        lengths.append(u)
+        dups += len(ids) - u
+    return {
+        "registered": rec.num_reg_images(),
+        "points": n_pts,
+        "observations": rec.compute_num_observations(),
+        "mean_track_length": float(np.mean(lengths)) if lengths else 0.0,
+        "duplicate_observations": int(dups),
+        "mean_reprojection_error": float(rec.compute_mean_reprojection_error()) if n_pts else 0.0,
+    }
+
+
+def write_model(rec, output: Path) -> None:
+    """model/ (binary), model_txt/ (text) and points.ply, each replaced atomically."""
+    output = Path(output)
+    for sub, writer in (("model", rec.write_binary), ("model_txt", rec.write_text)):
+        final = output / sub
+        tmp = Path(tempfile.mkdtemp(prefix=f".{sub}.", dir=output))
+        writer(str(tmp))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.replace(final)
+    tmp_ply = output / ".points.ply.tmp"
+    rec.export_PLY(str(tmp_ply))
+    tmp_ply.replace(output / "points.ply")
+
+
+def _prior(camera_id: int, cam):
+    """A copy of camera ``cam`` (its model too: a shared camera may be RADIAL now) as database camera ``camera_id``,
+    with a focal-length prior."""
+    import pycolmap
+
+    new = pycolmap.Camera(camera_id=camera_id, model=cam.model, width=cam.width, height=cam.height,
+                          params=np.asarray(cam.params, np.float64))
+    new.has_prior_focal_length = True
+    return new
+
+
+def load_model(output: Path):
+    """The chosen reconstruction of an output folder (``output/model``) as pycolmap.Reconstruction."""
+    import pycolmap
+
+    path = Path(output) / "model"
+    if not path.is_dir():
+        raise InputError(f"{path} does not exist: run the mapping stage first")
+    return pycolmap.Reconstruction(str(path))
+
+
+def triangulate_from_poses(
+    poses,
+    db_path: Path,
+    images: Path,
+    output: Path | None = None,
+    refine_intrinsics: bool = False,
+    verbose: bool = False,
+):
+    """Triangulate points with known, fixed camera poses (COLMAP's point_triangulator).
+
+    Args:
+        poses: a pycolmap.Reconstruction (or a path to one) whose registered images are matched
+            to the database BY NAME; its cameras give the intrinsics (written into a temporary copy
+            of the database, which itself is not modified). Images of the database that are
+            not in the pose model are ignored.
+        db_path: database with keypoints, matches and two-view geometries.
+        images: image folder (colours).
+        output: if given, the result is written there (COLMAP binary).
+    Returns:
+        the triangulated pycolmap.Reconstruction (poses unchanged).
+    """
+    import pycolmap
+
+    quiet_pycolmap(verbose)
+    src = poses if isinstance(poses, pycolmap.Reconstruction) else pycolmap.Reconstruction(str(poses))
+    with tempfile.TemporaryDirectory(prefix="loftr_sfm_tri_") as tmp:
+        # work on a copy of the database: its cameras take the known intrinsics of the pose
+        # model (COLMAP requires the model's and the database's cameras to be identical)
+        db_copy = Path(tmp) / "database.db"
+        shutil.copyfile(db_path, db_copy)
+        rec = pycolmap.Reconstruction()
+        with pycolmap.Database.open(str(db_copy)) as db:
+            db_images = {im.name: im for im in db.read_all_images()}
+            db_cams = {c.camera_id: c for c in db.read_all_cameras()}
+            added: dict[int, object] = {}
+            for img in sorted((im for im in src.images.values() if im.has_pose), key=lambda im: im.name):
+                dbi = db_images.get(img.name)
+                if dbi is None:
+                    logger.warning("triangulate_from_poses: image %s is not in the database, skipped", img.name)
+                    continue
+                cid = dbi.camera_id
+                if cid not in added:
+                    sc, dc = src.cameras[img.camera_id], db_cams[cid]
+                    if (sc.width, sc.height) == (dc.width, dc.height):
+                        cam = _prior(cid, sc)
+                        db.update_camera(cam)
+                    else:
+                        logger.warning("triangulate_from_poses: camera of %s is %dx%d in the pose model but %dx%d in the "
+                                       "database; keeping the database intrinsics", img.name, sc.width, sc.height,
+                                       dc.width, dc.height)
+                        cam = dc
+                    rec.add_camera_with_trivial_rig(cam)
+                    added[cid] = cam
+                rec.add_image_with_trivial_frame(
+                    pycolmap.Image(name=img.name, camera_id=cid, image_id=dbi.image_id), img.cam_from_world())
+        if rec.num_images() == 0:
+            raise InputError(f"no image of the pose model is in {db_path}")
+        out = pycolmap.triangulate_points(rec, str(db_copy), str(images), tmp, clear_points=True,
+                                          options=pycolmap.IncrementalPipelineOptions(), refine_intrinsics=refine_intrinsics)
+    if output is not None:
+        Path(output).mkdir(parents=True, exist_ok=True)
+        out.write_binary(str(output))
+    return out

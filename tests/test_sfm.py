@@ -1,0 +1,240 @@
+"""Mapping stage (loftr_sfm.sfm): outputs, summary, resume, the one fallback run, cameras, refinement."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+import pytest
+
+from loftr_sfm.database import run_database
+from loftr_sfm.io import InputError
+from loftr_sfm.keypoints import run_keypoints
+from loftr_sfm.sfm import CameraOptions, MappingConfig, model_stats, run_mapping, triangulate_from_poses
+from loftr_sfm.sfm import cameras as sfm_cameras
+from loftr_sfm.sfm import mappers
+from loftr_sfm.sfm.cameras import camera_family, camera_groups, params_as, resolve_principal_point, share_cameras, \
+    with_cameras
+from loftr_sfm.sfm.mappers import global_options, incremental_options
+from loftr_sfm.utils import merge_config
+from loftr_sfm.workspace import read_stage_times, record_stage_time
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "datasets"))
+import synthetic  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rec_scene")
+    synthetic.generate(out, synthetic.SceneConfig(num_images=5, width=320, height=240, focal=280, arc_deg=50, seed=5))
+    run_keypoints(out, out / "images")
+    run_database(out, out / "images")
+    return out
+
+
+def test_mapping_outputs_and_summary(scene):
+    record_stage_time(scene, "matching", 12.5)
+    s = run_mapping(scene, scene / "images", MappingConfig(mapper="incremental", overwrite=True))
+    assert s["registered"] == 5 and s["num_images"] == 5
+    assert s["points"] > 500 and 2.0 < s["mean_track_length"] <= 5.0
+    assert s["duplicate_observations"] == 0
+    assert 0 < s["mean_reprojection_error"] < 1.0
+    assert s["times"]["matching"] == 12.5 and "keypoints" in s["times"] and "mapping" in s["times"]
+    rec = pycolmap.Reconstruction(str(scene / "model"))
+    assert rec.num_reg_images() == 5 and rec.num_points3D() == s["points"]
+    assert pycolmap.Reconstruction(str(scene / "model_txt")).num_points3D() == s["points"]
+    assert (scene / "points.ply").stat().st_size > 100
+    assert json.loads((scene / "summary.json").read_text())["points"] == s["points"]
+    assert model_stats(rec)["mean_track_length"] == pytest.approx(s["mean_track_length"])
+    # up to date: reused, not recomputed
+    mtime = (scene / "summary.json").stat().st_mtime_ns
+    run_mapping(scene, scene / "images", MappingConfig(mapper="incremental"))
+    assert (scene / "summary.json").stat().st_mtime_ns == mtime
+    # still up to date after someone only read the database (pycolmap rewrites the file when it opens it)
+    with pycolmap.Database.open(str(scene / "database.db")) as db:
+        assert db.num_images() == 5
+    os.utime(scene / "database.db", ns=(mtime + 10**9, mtime + 10**9))
+    run_mapping(scene, scene / "images", MappingConfig(mapper="incremental"))
+    assert (scene / "summary.json").stat().st_mtime_ns == mtime
+
+
+def test_one_fallback_run_of_the_other_mapper_when_too_few_images_register(scene, tmp_path, monkeypatch):
+    (tmp_path / "database.db").write_bytes((scene / "database.db").read_bytes())
+    real = mappers.run_mapper
+
+    def short(db_path, images, work, mapper, cfg, cameras, num_images=0):  # the incremental mapper misses an image
+        rec, n = real(db_path, images, work, mapper, cfg, cameras, num_images)
+        if mapper == "incremental":
+            rec.deregister_frame(rec.image(min(rec.reg_image_ids())).frame_id)
+        return rec, n
+
+    monkeypatch.setattr(mappers, "run_mapper", short)
+    s = run_mapping(tmp_path, scene / "images", {"mapper": "incremental"})  # 4/5 < 90 %: the global mapper once
+    assert [(a["mapper"], a["registered"]) for a in s["attempts"]] == [("incremental", 4), ("global", 5)]
+    assert [a["chosen"] for a in s["attempts"]] == [False, True]
+    assert s["mapper"] == "global" and s["registered"] == 5 and s["unregistered_images"] == []
+    s = run_mapping(tmp_path, scene / "images", {"mapper": "incremental", "min_registered": 0.8})  # 4/5 is enough
+    assert [a["mapper"] for a in s["attempts"]] == ["incremental"] and s["registered"] == 4
+    assert len(s["unregistered_images"]) == 1
+    s = run_mapping(tmp_path, scene / "images", {"mapper": "incremental", "fallback": False})
+    assert [a["mapper"] for a in s["attempts"]] == ["incremental"] and s["registered"] == 4
+    # the other way round: the global mapper's full model needs no second run
+    s = run_mapping(tmp_path, scene / "images", {"mapper": "global"})
+    assert [a["mapper"] for a in s["attempts"]] == ["global"] and s["unregistered_images"] == []
+
+
+def test_nothing_removes_a_registered_image_and_the_refinements_are_opt_in(scene, tmp_path):
+    (tmp_path / "database.db").write_bytes((scene / "database.db").read_bytes())
+    s = run_mapping(tmp_path, scene / "images")
+    assert s["track_refinement"] is None and s["relative_filter"] is None
+    assert s["config"]["refinement"] == {"refine_tracks": "off", "track_refinement": None, "relative_filter": False,
+                                         "relative_filter_factor": None, "relative_filter_rounds": 3}
+    on = run_mapping(tmp_path, scene / "images", {"refine_tracks": "on", "relative_filter": True})
+    assert on["registered"] == s["registered"] == 5  # refinements never cost an image its pose
+    assert on["track_refinement"]["moved"] > 0 and on["relative_filter"]["observations_after"] > 0
+    rf = on["relative_filter"]
+    assert rf["observations_after"] <= rf["observations_before"]
+    assert rf["reprojection_error_after"] <= rf["reprojection_error_before"] + 1e-6
+    assert {"track_refinement", "relative_filter"} <= set(on["times"])
+
+
+def test_errors(tmp_path):
+    with pytest.raises(InputError, match="database"):
+        run_mapping(tmp_path, tmp_path)
+    with pytest.raises(ValueError, match="mapper"):
+        run_mapping(tmp_path, tmp_path, {"mapper": "hierarchical"})
+    with pytest.raises(ValueError, match="min_registered"):
+        run_mapping(tmp_path, tmp_path, {"min_registered": 1.5})
+    with pytest.raises(ValueError, match="relative_filter_factor"):
+        run_mapping(tmp_path, tmp_path, {"relative_filter_factor": 0.5})
+    with pytest.raises(ValueError, match="unknown MappingConfig option"):
+        run_mapping(tmp_path, tmp_path, {"second_pass": "global"})  # a removed rule is a typo now
+
+
+def test_mapper_options_follow_the_config():
+    cfg = merge_config(MappingConfig, seed=3, min_num_matches=20, num_threads=1)
+    cams = CameraOptions(refine_focal_length=False, refine_principal_point=True, refine_extra_params=False)
+    o = incremental_options(cfg, cams)
+    assert (o.random_seed, o.min_num_matches, o.num_threads) == (3, 20, 1)
+    assert (o.ba_refine_focal_length, o.ba_refine_principal_point, o.ba_refine_extra_params) == (False, True, False)
+    g = global_options(cfg, cams)
+    ba = g.mapper.bundle_adjustment
+    assert (g.random_seed, g.min_num_matches, g.num_threads) == (3, 20, 1)
+    assert (ba.refine_focal_length, ba.refine_principal_point, ba.refine_extra_params) == (False, True, False)
+
+
+def test_stage_times_roundtrip(tmp_path):
+    record_stage_time(tmp_path, "pairs", 1.0)
+    record_stage_time(tmp_path, "pairs", 2.0)
+    record_stage_time(tmp_path, "match", 3.0)
+    assert read_stage_times(tmp_path) == {"pairs": 2.0, "match": 3.0}
+
+
+def test_triangulate_from_gt_poses(scene):
+    gt = pycolmap.Reconstruction(str(scene / "gt"))
+    rec = triangulate_from_poses(gt, scene / "database.db", scene / "images", output=scene / "tri")
+    assert rec.num_reg_images() == 5
+    assert rec.num_points3D() > 500
+    assert rec.compute_mean_reprojection_error() < 1.0
+    # poses unchanged (by name)
+    gtn = {im.name: im for im in gt.images.values()}
+    for im in rec.images.values():
+        np.testing.assert_allclose(im.cam_from_world().matrix(), gtn[im.name].cam_from_world().matrix(), atol=1e-9)
+    assert pycolmap.Reconstruction(str(scene / "tri")).num_points3D() == rec.num_points3D()
+
+
+def test_principal_point_is_refined_for_shared_cameras_only():
+    def auto(per_camera, **kw):
+        return resolve_principal_point(CameraOptions(**kw), per_camera).refine_principal_point
+
+    assert auto({1: 30}) is True and auto({1: 5, 2: 7}) is True
+    assert auto({1: 1, 2: 1, 3: 1}) is False  # one camera per image: ill-posed, fixed at the centre
+    assert auto({1: 29, 2: 1}) is False  # one flag for every camera of the model
+    assert auto({1: 30}, refine_focal_length=False) is False  # a known calibration stays fixed
+    assert auto({}) is False
+    assert auto({1: 1}, refine_principal_point=True) is True and auto({1: 30}, refine_principal_point=False) is False
+
+
+def _posed_cameras(cams):
+    """A model of one posed image per (width, height, focal), each with its own SIMPLE_RADIAL camera (ids 1..n)."""
+    rec = pycolmap.Reconstruction()
+    for k, (w, h, f) in enumerate(cams, 1):
+        rec.add_camera_with_trivial_rig(pycolmap.Camera(camera_id=k, model="SIMPLE_RADIAL", width=w, height=h,
+                                                        params=[f, w / 2, h / 2, 0.0]))
+        rec.add_image_with_trivial_frame(pycolmap.Image(name=f"{k:03d}.jpg", camera_id=k, image_id=k), pycolmap.Rigid3d())
+    return rec
+
+
+def test_camera_family_and_parameters_in_the_upgraded_model():
+    cam = pycolmap.Camera(camera_id=1, model="SIMPLE_RADIAL", width=100, height=80, params=[90.0, 50, 40, 0.1])
+    assert camera_family("RADIAL") == "SIMPLE_RADIAL" == camera_family("SIMPLE_RADIAL")
+    assert camera_family("RADIAL_FISHEYE") == "SIMPLE_RADIAL_FISHEYE"
+    assert camera_family("OPENCV") == "OPENCV"
+    np.testing.assert_array_equal(params_as(cam, "RADIAL"), [90, 50, 40, 0.1, 0])
+    np.testing.assert_array_equal(params_as(cam, "SIMPLE_RADIAL"), [90, 50, 40, 0.1])
+    with pytest.raises(ValueError, match="cannot be expressed as OPENCV"):
+        params_as(cam, "OPENCV")
+
+
+def test_camera_groups_by_size_and_focal_length():
+    cams = ([(1536, 1024, f) for f in (1000, 1005, 995, 1010, 990, 1002)]  # 1-6: one camera
+            + [(1536, 1024, f) for f in (1200, 1210, 1195, 1190, 1205)]  # 7-11: zoomed, 19 % apart
+            + [(1536, 1024, f) for f in (700, 705)]  # 12-13: too few
+            + [(1024, 768, 1000.0)] * 5  # 14-18: another size
+            + [(800, 600, 1000 * 1.025 ** k) for k in range(5)]  # 19-23: a chain of 2.5 % steps is one run
+            + [(640, 480, 1000.0)] * 4)  # 24-27: too few
+    groups = camera_groups(_posed_cameras(cams), tolerance=0.03, min_images=5)
+    assert groups == [list(range(19, 24)), list(range(14, 19)), list(range(1, 7)), list(range(7, 12))]
+    assert camera_groups(_posed_cameras(cams), tolerance=0.02, min_images=5) == groups[1:]  # no chain
+    assert camera_groups(_posed_cameras(cams), tolerance=0.02, min_images=6) == [list(range(1, 7))]
+
+
+def test_share_cameras_and_its_guard(scene, tmp_path, monkeypatch):
+    (tmp_path / "database.db").write_bytes((scene / "database.db").read_bytes())
+    s = run_mapping(tmp_path, scene / "images", {"share_cameras": False})
+    assert s["shared_cameras"] is None
+    rec = pycolmap.Reconstruction(str(tmp_path / "model"))
+    assert len({im.camera_id for im in rec.images.values()}) == 5
+    cfg = CameraOptions()
+    shared, stats = share_cameras(rec, cfg)
+    assert stats["groups"] == [5] and stats["rejected"] == [] and stats["principal_point_refined"]
+    assert len(shared.cameras) == 1 and len(rec.cameras) == 5  # the input is not modified
+    assert shared.num_points3D() == rec.num_points3D()
+    assert shared.compute_num_observations() == rec.compute_num_observations()
+    assert stats["reprojection_error"][1] < 1.1 * stats["reprojection_error"][0] < 1.0
+    f, cx, cy = next(iter(shared.cameras.values())).params[:3]
+    assert abs(f - 280) < 2 and abs(cx - 160) < 1 and abs(cy - 120) < 1
+    # the shared camera has a second radial term (share_cameras_radial); the scene has no distortion
+    assert stats["models"] == ["RADIAL"] and next(iter(shared.cameras.values())).model.name == "RADIAL"
+    assert np.abs(next(iter(shared.cameras.values())).params[3:]).max() < 0.02
+    assert share_cameras(rec, replace(cfg, share_cameras_radial=False))[1]["models"] == ["SIMPLE_RADIAL"]
+    assert share_cameras(rec, replace(cfg, refine_extra_params=False))[1]["models"] == ["SIMPLE_RADIAL"]
+    # an image left with its own SIMPLE_RADIAL camera joins the RADIAL one later (the pass after track refinement)
+    lone = pycolmap.Camera(camera_id=99, model="SIMPLE_RADIAL", width=320, height=240, params=[281.0, 160, 120, 0])
+    some = sorted(shared.reg_image_ids())[0]
+    mixed = with_cameras(shared, {i: lone if i == some else shared.image(i).camera
+                                                 for i in shared.reg_image_ids()})
+    assert camera_groups(mixed) == [sorted(shared.reg_image_ids())]
+    joined, stats = share_cameras(mixed, cfg)
+    assert stats["groups"] == [5] and stats["models"] == ["RADIAL"] and len(joined.cameras) == 1
+    for im in rec.images.values():  # the copy keeps names, ids and keypoints
+        other = shared.image(im.image_id)
+        assert other.name == im.name and other.num_points3D == im.num_points3D
+        np.testing.assert_array_equal([p.xy for p in other.points2D], [p.xy for p in im.points2D])
+    # the user fixed the principal point: only focal length and distortion are shared and refined
+    _, stats = share_cameras(rec, replace(cfg, refine_principal_point=False))
+    assert stats["groups"] == [5] and not stats["principal_point_refined"]
+    # a known calibration has nothing to share
+    assert share_cameras(rec, CameraOptions(refine_focal_length=False, refine_extra_params=False)) \
+        == (rec, None)
+    # a group that fits one camera worse keeps its cameras (here: any rise at all is too much)
+    monkeypatch.setattr(sfm_cameras, "SHARE_CAMERAS_MAX_ERROR_INCREASE", -0.5)
+    kept, stats = share_cameras(rec, cfg)
+    assert kept is rec and stats["groups"] == [] and stats["rejected"] == [5]
+
+
