@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     from loftr_sfm.io import ImageReadError, InputError
 
     try:
-        run(argv)
+        result = run(argv)
     except (InputError, ImageReadError, FileNotFoundError) as e:
         logger.error("%s", e)
         return 2
@@ -293,7 +293,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.error("interrupted: finished work is kept; rerun the same command to resume")
         return 130
+    failure = job_failure(result)
+    if failure:
+        logger.error("%s", failure)
+        return 1
     return 0
+
+
+def job_failure(result: Any) -> str | None:
+    """One sentence when a finished command produced nothing usable (exit code 1), else None.
+
+    A mapping summary without a model (``registered`` 0), or a localization that placed no query.
+    """
+    if isinstance(result, dict) and "registered" in result and "num_images" in result and not result["registered"]:
+        n = result["num_images"]
+        if n < 2:
+            return f"no model: {n} image(s) in the database; mapping needs at least 2 overlapping images"
+        return (f"no model: none of the {n} images could be mapped (too few verified pairs; try more pairs, "
+                "e.g. --pairs exhaustive or retrieval, or more overlapping photos)")
+    if isinstance(result, list) and result and all(hasattr(r, "success") for r in result):
+        if not any(r.success for r in result):
+            return f"no query localized (0 of {len(result)}): see localize_log.json for each query's reason"
+    return None
 
 
 if __name__ == "__main__":

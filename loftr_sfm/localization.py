@@ -56,7 +56,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .evaluation import rigid_to_pose, rotation_to_qvec, write_poses
-from .io import ImageReadError, InputError, atomic_path, image_size, list_images, read_raw_matches
+from .io import ImageReadError, InputError, atomic_path, image_size, list_images, matches_backend, read_raw_matches
 from .utils import Timer, merge_config
 
 logger = logging.getLogger(__name__)
@@ -455,7 +455,7 @@ class Localizer:
         self._point_ids = np.array(sorted(self.reconstruction.point3D_ids()), np.int64)
         self._point_xyz = np.array([self.reconstruction.points3D[int(i)].xyz for i in self._point_ids], np.float64).reshape(-1, 3)
         self._covis = None
-        self.matcher_name = self.config.matcher or self._map_matcher() or "eloftr"
+        self.matcher_name = self.config.matcher or self._map_matcher() or matches_backend(self.map_dir) or "eloftr"
         self._matcher = None
         self.retriever = None
         if len(self.names) > self.config.num_retrieved:

@@ -165,3 +165,26 @@ def test_nested_config_flags_dedup_across_stages():
     assert cli.config_from_args(_NestedStage, args) == _NestedStage(
         cameras=_CameraOptions(share=True), bundle=_BundleOptions(max_iterations=2)
     )
+
+
+def test_exit_code_says_whether_a_model_or_a_pose_was_made(monkeypatch, caplog):
+    import loftr_sfm.pipeline
+    from loftr_sfm.localization import QueryResult
+
+    results = {}
+    monkeypatch.setattr(loftr_sfm.pipeline, "reconstruct", lambda images, output, **kw: results["summary"])
+    argv = ["reconstruct", "--images", "x", "--output", "y"]
+    results["summary"] = {"num_images": 1, "registered": 0}
+    assert cli.main(argv) == 1 and "at least 2 overlapping images" in caplog.text
+    results["summary"] = {"num_images": 7, "registered": 0}
+    assert cli.main(argv) == 1 and "none of the 7 images could be mapped" in caplog.text
+    results["summary"] = {"num_images": 7, "registered": 2}
+    assert cli.main(argv) == 0
+    import loftr_sfm.localization
+
+    monkeypatch.setattr(loftr_sfm.localization, "localize", lambda *a, **k: results["queries"])
+    argv = ["localize", "--map", "m", "--images", "i", "--queries", "q", "--output", "p.txt"]
+    results["queries"] = [QueryResult(name="a.jpg"), QueryResult(name="b.jpg")]
+    assert cli.main(argv) == 1 and "no query localized (0 of 2)" in caplog.text
+    results["queries"][1].success = True
+    assert cli.main(argv) == 0

@@ -381,3 +381,20 @@ def test_query_list_with_a_relative_root_is_not_joined_twice(tmp_path, monkeypat
         (root / n).write_bytes(b"x")
     items = Localizer._query_items(None, [root / "a.jpg", root / "sub" / "b.jpg", "sub/b.jpg"], root)
     assert items == [("a.jpg", root / "a.jpg"), ("sub/b.jpg", root / "sub" / "b.jpg"), ("sub/b.jpg", root / "sub" / "b.jpg")]
+
+
+def test_the_matcher_defaults_to_the_maps(tmp_path, scene):
+    """summary.json records the map's matcher (the mapping stage writes it), else matches.h5 says it, else eloftr."""
+    import json
+    import shutil
+
+    _gt, root, _query = scene
+    m = tmp_path / "map"
+    shutil.copytree(root, m)
+    assert Localizer(m, m / "images").matcher_name == "eloftr"
+    with h5py.File(m / "matches.h5", "w") as f:
+        f.attrs["matcher"] = "sift"
+    assert Localizer(m, m / "images").matcher_name == "sift"
+    (m / "summary.json").write_text(json.dumps({"matcher": "xfeat-star"}))
+    assert Localizer(m, m / "images").matcher_name == "xfeat-star"
+    assert Localizer(m, m / "images", {"matcher": "sift"}).matcher_name == "sift"  # the user's word wins

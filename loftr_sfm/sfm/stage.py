@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..database import database_fingerprint, image_ids_by_name
-from ..io import InputError, atomic_path
+from ..io import InputError, atomic_path, matches_backend
 from ..utils import Timer, merge_config
 from ..workspace import read_stage_times, record_stage_time
 from .cameras import images_per_camera, model_images_per_camera, resolve_principal_point, share_cameras
@@ -72,7 +72,7 @@ def run_mapping(output: Path, images: Path, config: MappingConfig | dict | None 
         stage_times: wall times (s) of earlier stages measured by the caller (``reconstruct``),
             stored in ``timings.json`` and reported in the summary.
     Returns:
-        the summary dict (also ``summary.json``): num_images, registered, points, observations,
+        the summary dict (also ``summary.json``): num_images, matcher (of matches.h5), registered, points, observations,
         mean_track_length, mean_reprojection_error, unregistered_images, attempts (one per mapper
         run), shared_cameras, track_refinement, relative_filter, times, config. If no model could
         be built, registered is 0 and no model is written.
@@ -127,6 +127,7 @@ def run_mapping(output: Path, images: Path, config: MappingConfig | dict | None 
 
     summary = {
         "num_images": num_images,
+        "matcher": matches_backend(output),  # what made the map: localization matches queries with it
         **stats,
         "unregistered_images": sorted(set(image_ids_by_name(db_path)) - posed),
         "registered_fraction": stats["registered"] / max(num_images, 1),
@@ -145,6 +146,4 @@ def run_mapping(output: Path, images: Path, config: MappingConfig | dict | None 
     logger.info("reconstruction: %d/%d images registered, %d points, mean track length %.2f, reprojection error "
                 "%.3f px (mapping %.1f s)", stats["registered"], num_images, stats["points"],
                 stats["mean_track_length"], stats["mean_reprojection_error"], t.seconds)
-    if rec is None:
-        logger.error("mapping failed: no model could be built from %s", db_path)
     return summary
