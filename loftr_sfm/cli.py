@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_stage(sub, "pairs", "select image pairs -> pairs.txt", True)
     _add_stage(sub, "match", "match the pairs -> matches.h5 (raw, per pair)", True)
-    _add_stage(sub, "keypoints", "merge semi-dense matches into shared keypoints -> features.h5 + matches0", False)
+    _add_stage(sub, "keypoints", "merge semi-dense matches into shared keypoints -> features.h5 + merged_matches.h5", False)
     _add_stage(sub, "database", "write the COLMAP database and verify geometry -> database.db", True)
     _add_stage(sub, "map", "incremental or global mapping -> model/, points.ply, summary.json", True)
 

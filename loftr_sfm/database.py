@@ -1,6 +1,6 @@
 """COLMAP database from shared keypoints and index matches (pycolmap 4.x).
 
-Reads ``output/features.h5`` and ``output/matches.h5`` (``matches0`` written by the keypoints
+Reads ``output/features.h5`` and ``output/merged_matches.h5`` (``matches0``, written by the keypoints
 stage) and ``output/pairs.txt``; writes ``output/database.db`` with
 
 * cameras: one per group of images that may share intrinsics (``camera_mode``); never shared
@@ -42,6 +42,7 @@ import numpy as np
 
 from .io import InputError, atomic_path, image_size, read_pairs
 from .utils import Timer, merge_config
+from .workspace import MERGED_MATCHES_FILE, record_stage_time
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def make_cameras(
 
 def _signature(output: Path, images: Path | None, cfg: DatabaseConfig) -> str:
     h = hashlib.sha1()
-    for name in ("features.h5", "matches.h5", "pairs.txt"):
+    for name in ("features.h5", MERGED_MATCHES_FILE, "pairs.txt"):
         p = output / name
         if p.exists():
             st = p.stat()
@@ -202,7 +203,7 @@ def write_database(
                 if m.min() < 0 or m[:, 0].max() >= k0 or m[:, 1].max() >= k1:
                     raise InputError(
                         f"matches of pair ({a}, {b}) index beyond the keypoints ({k0}, {k1} keypoints): "
-                        "matches.h5 and features.h5 are out of sync; rerun the keypoints stage"
+                        f"{MERGED_MATCHES_FILE} and features.h5 are out of sync; rerun the keypoints stage"
                     )
                 db.write_matches(ids[a], ids[b], m.astype(np.uint32))
     return ids
@@ -373,7 +374,7 @@ def image_ids_by_name(db_path: Path) -> dict[str, int]:
 
 
 def run_database(output: Path, images: Path, config: DatabaseConfig | None = None) -> Path:
-    """Build ``output/database.db`` from ``features.h5`` + ``matches.h5`` (+ ``pairs.txt``).
+    """Build ``output/database.db`` from ``features.h5`` + ``merged_matches.h5`` (+ ``pairs.txt``).
 
     ``images`` is the image folder (EXIF focal priors; sizes when features.h5 lacks them).
     Returns the database path.
@@ -388,7 +389,7 @@ def run_database(output: Path, images: Path, config: DatabaseConfig | None = Non
     images = Path(images) if images is not None else None
     db_path = output / "database.db"
     stamp = output / STATS_FILE
-    feats_path, matches_path = output / "features.h5", output / "matches.h5"
+    feats_path, matches_path = output / "features.h5", output / MERGED_MATCHES_FILE
     for p in (feats_path, matches_path):
         if not p.is_file():
             raise InputError(f"{p} does not exist: run the keypoints stage first")
@@ -442,12 +443,7 @@ def run_database(output: Path, images: Path, config: DatabaseConfig | None = Non
         "database: %d images, %d cameras, %d keypoints, %d matched pairs, %d verified pairs in %.1f s",
         stats["images"], stats["cameras"], stats["keypoints"], stats["matched_pairs"], stats["verified_pairs"], t.seconds,
     )
-    try:
-        from .workspace import record_stage_time
-
-        record_stage_time(output, "database", t.seconds)
-    except Exception:  # pragma: no cover
-        pass
+    record_stage_time(output, "database", t.seconds)
     return db_path
 
 

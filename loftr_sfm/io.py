@@ -9,8 +9,9 @@ HDF5 layouts (hloc-compatible):
 
 * ``matches.h5`` raw, one group per pair ``names_to_pair(name0, name1)``:
   ``keypoints0`` (N, 2) float32, ``keypoints1`` (N, 2) float32, ``scores`` (N,) float32.
-  After the keypoints stage the same group also holds ``matches0`` (K0,) int32 (index into
-  image1's merged keypoints, or -1) and ``matching_scores0`` (K0,) float32.
+  It is never edited after matching; the keypoints stage writes ``merged_matches.h5`` with the same
+  group per pair holding ``matches0`` (K0,) int32 (index into image1's merged keypoints, or -1)
+  and ``matching_scores0`` (K0,) float32.
 * ``features.h5``, one group per image name: ``keypoints`` (K, 2) float32, ``scores`` (K,)
   float32, ``image_size`` (2,) int (width, height).
 """

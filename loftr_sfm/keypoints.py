@@ -36,8 +36,8 @@ The rule (all steps vectorized with numpy / scipy, no per-match Python loop):
 
 Deterministic (stable sorts only, no randomness), resumable (a finished run whose inputs and
 configuration are unchanged is reused; ``features.h5`` is written atomically and is written
-last, so an interrupted run is simply redone; ``matches0`` is rewritten in place in
-``matches.h5``, the raw datasets are never touched).
+last, so an interrupted run is simply redone; ``matches0`` go to ``merged_matches.h5``, written
+atomically before it; ``matches.h5`` is only read).
 
 Memory: the stage never holds the raw matches: :func:`merge_pairs` reads them image by image
 (a pair at its first image; what its second image needs is kept within a budget, else read
@@ -65,6 +65,7 @@ import numpy as np
 
 from .io import InputError, atomic_path, find_pair, read_raw_group, image_size, list_images, read_pairs
 from .utils import Timer, merge_config
+from .workspace import MERGED_MATCHES_FILE, record_stage_time
 
 logger = logging.getLogger(__name__)
 
@@ -768,15 +769,17 @@ def _file_stat(path: Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def _is_done(features: Path, matches_h5: Path, sig: str) -> bool:
+def _is_done(features: Path, matches_h5: Path, merged: Path, sig: str) -> bool:
+    """Whether ``features`` was made with ``sig`` from this ``matches_h5`` together with this ``merged`` file."""
     import h5py
 
-    if not features.is_file():
+    if not features.is_file() or not merged.is_file():
         return False
     try:
         with h5py.File(features, "r") as f:
             return (f.attrs.get("loftr_sfm_signature", "") == sig
-                    and f.attrs.get("loftr_sfm_matches_stat", "") == _file_stat(matches_h5))
+                    and f.attrs.get("loftr_sfm_matches_stat", "") == _file_stat(matches_h5)
+                    and f.attrs.get("loftr_sfm_merged_stat", "") == _file_stat(merged))
     except OSError:
         return False
 
@@ -784,9 +787,9 @@ def _is_done(features: Path, matches_h5: Path, sig: str) -> bool:
 def run_keypoints(output: Path, images: Path | None = None, config: KeypointsConfig | None = None) -> Path:
     """Merge the raw semi-dense matches of ``output/matches.h5`` into shared keypoints.
 
-    Reads ``output/pairs.txt`` and ``output/matches.h5`` (raw layout), writes
-    ``output/features.h5`` and adds ``matches0`` / ``matching_scores0`` to every pair group of
-    ``matches.h5``. Image sizes come from ``images`` when given (images in no pair then get an
+    Reads ``output/pairs.txt`` and ``output/matches.h5`` (raw layout, never modified), writes
+    ``output/merged_matches.h5`` (``matches0`` / ``matching_scores0`` per pair group, hloc's layout)
+    and then ``output/features.h5``, each atomically. Image sizes come from ``images`` when given (images in no pair then get an
     empty keypoint set), else from the keypoint extent. Returns the path of ``features.h5``.
     """
     import h5py
@@ -814,10 +817,10 @@ def run_keypoints(output: Path, images: Path | None = None, config: KeypointsCon
             raise InputError(f"{pairs_path} names image(s) not in {images}: {', '.join(unknown[:5])}")
         names = all_names
     index = {n: i for i, n in enumerate(names)}
-    # matches.h5 is modified by this stage: its size/mtime right after our write is stored in
-    # features.h5; any later change (e.g. the matching stage added pairs) triggers a recompute.
+    # the size/mtime of matches.h5 (and of merged_matches.h5) are stored in features.h5; any later change
+    # (e.g. the matching stage added pairs) triggers a recompute.
     sig = _signature(pairs_path, cfg, names + [f"cell={cell} err={err}"])
-    if not cfg.overwrite and _is_done(features_path, matches_path, sig):
+    if not cfg.overwrite and _is_done(features_path, matches_path, output / MERGED_MATCHES_FILE, sig):
         logger.info("keypoints: %s is up to date, skipping (use overwrite to recompute)", features_path)
         return features_path
     timer = Timer().__enter__()
@@ -853,20 +856,19 @@ def run_keypoints(output: Path, images: Path | None = None, config: KeypointsCon
         else:
             kp = res.keypoints[i]
             sizes.append(tuple(int(np.ceil(v)) + 1 for v in kp.max(0)) if len(kp) else (0, 0))
-    # ---- matches0 into matches.h5 (in place; features.h5 written last marks completion)
-    with h5py.File(matches_path, "r+") as f:
+    # ---- matches0 into a file of their own (matches.h5 is never edited: a kill loses only this stage's work);
+    # features.h5 is written last and marks completion
+    with atomic_path(output / MERGED_MATCHES_FILE) as tmp, h5py.File(tmp, "w") as f:
         for p, key in enumerate(keys):
-            g = f[key]
+            g = f.create_group(key)
             i0 = pair_images[p][0]
             m0 = np.full(len(res.keypoints[i0]), -1, np.int32)
             s0 = np.zeros(len(res.keypoints[i0]), np.float32)
             m = res.matches[p]
             m0[m[:, 0]] = m[:, 1]
             s0[m[:, 0]] = res.match_scores[p]
-            for ds, arr in (("matches0", m0), ("matching_scores0", s0)):
-                if ds in g:
-                    del g[ds]
-                g.create_dataset(ds, data=arr)
+            g.create_dataset("matches0", data=m0)
+            g.create_dataset("matching_scores0", data=s0)
     with atomic_path(features_path) as tmp:
         with h5py.File(tmp, "w") as f:
             for i, n in enumerate(names):
@@ -876,6 +878,7 @@ def run_keypoints(output: Path, images: Path | None = None, config: KeypointsCon
                 g.create_dataset("image_size", data=np.array(sizes[i], np.int64))
             f.attrs["loftr_sfm_signature"] = sig
             f.attrs["loftr_sfm_matches_stat"] = _file_stat(matches_path)
+            f.attrs["loftr_sfm_merged_stat"] = _file_stat(output / MERGED_MATCHES_FILE)
             f.attrs["loftr_sfm_config"] = json.dumps({**asdict(cfg), "cell_size": cell, "max_error": err})
             f.attrs["loftr_sfm_stats"] = json.dumps(res.stats)
     timer.__exit__()
@@ -885,12 +888,7 @@ def run_keypoints(output: Path, images: Path | None = None, config: KeypointsCon
         len(keys), res.stats["raw_matches"], res.stats["keypoints"], len(names), res.stats["matches"],
         res.stats["merged_nodes"], res.stats["cut_edges"], timer.seconds,
     )
-    try:  # per-stage times for the summary (reconstruction owns the helper)
-        from .workspace import record_stage_time
-
-        record_stage_time(output, "keypoints", timer.seconds)
-    except Exception:  # pragma: no cover - timing is best effort
-        pass
+    record_stage_time(output, "keypoints", timer.seconds)
     return features_path
 
 
@@ -908,7 +906,7 @@ def read_features(path: Path) -> dict[str, dict[str, np.ndarray]]:
 
 
 def read_matches(h5, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
-    """Index matches of a pair from an open ``matches.h5`` after the keypoints stage.
+    """Index matches of a pair from an open ``merged_matches.h5`` (the keypoints stage's output).
 
     Returns:
         (M, 2) int64 indices into (name0, name1) keypoints (orientation handled) and (M,)
@@ -917,7 +915,7 @@ def read_matches(h5, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
     key, rev = find_pair(h5, name0, name1)
     g = h5[key]
     if "matches0" not in g:
-        raise InputError(f"{getattr(h5, 'filename', 'matches.h5')}: pair {key} has no matches0; run the keypoints stage")
+        raise InputError(f"{getattr(h5, 'filename', MERGED_MATCHES_FILE)}: pair {key} has no matches0; run the keypoints stage")
     m0 = np.asarray(g["matches0"]).astype(np.int64)
     s0 = np.asarray(g["matching_scores0"], np.float32) if "matching_scores0" in g else np.ones(len(m0), np.float32)
     idx = np.flatnonzero(m0 >= 0)
@@ -928,4 +926,4 @@ def read_matches(h5, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 __all__ = ["KeypointsConfig", "MergeResult", "PRESETS", "merge_matches", "merge_pairs", "run_keypoints",
-           "read_features", "read_matches", "track_stats"]
+           "read_features", "read_matches", "track_stats", "MERGED_MATCHES_FILE"]

@@ -1,4 +1,4 @@
-"""The output folder below every stage: stage wall times (``timings.json``).
+"""The output folder below every stage: shared file names and stage wall times (``timings.json``).
 
 A stage records how long it took with :func:`record_stage_time`; the mapping stage's summary
 reports them all (:func:`read_stage_times`). No stage imports another stage for this.
@@ -12,6 +12,8 @@ from pathlib import Path
 from .io import atomic_path
 
 TIMINGS_FILE = "timings.json"
+# the keypoints stage's index matches: matches0 / matching_scores0 per pair (hloc layout); matches.h5 stays raw
+MERGED_MATCHES_FILE = "merged_matches.h5"
 
 
 def record_stage_time(output: Path, stage: str, seconds: float) -> None:

@@ -49,7 +49,7 @@ def test_keypoints_shifted_by_half_pixel_and_names_map_to_ids(scene):
     ids = image_ids_by_name(scene / "database.db")
     assert sorted(ids) == sorted(feats) and len(ids) == 6
     assert "a/img_000.png" in ids and "b/img_000.png" in ids  # equal file names, different folders
-    with _db(scene / "database.db") as db, h5py.File(scene / "matches.h5", "r") as mf:
+    with _db(scene / "database.db") as db, h5py.File(scene / "merged_matches.h5", "r") as mf:
         for name, iid in ids.items():
             np.testing.assert_allclose(db.read_keypoints(iid), feats[name]["keypoints"] + 0.5, atol=1e-4)
         pairs = [tuple(line.split()) for line in (scene / "pairs.txt").read_text().splitlines()]
@@ -152,9 +152,9 @@ def test_resume_and_bad_matches(scene, tmp_path):
     # out-of-sync matches -> clear error, the existing database stays intact
     bad = tmp_path / "bad"
     bad.mkdir()
-    for n in ("features.h5", "matches.h5", "pairs.txt"):
+    for n in ("features.h5", "merged_matches.h5", "pairs.txt"):
         (bad / n).write_bytes((scene / n).read_bytes())
-    with h5py.File(bad / "matches.h5", "r+") as f:
+    with h5py.File(bad / "merged_matches.h5", "r+") as f:
         key = next(iter(f.keys()))
         g = f[key][next(iter(f[key].keys()))]
         m = np.asarray(g["matches0"])

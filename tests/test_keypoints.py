@@ -202,7 +202,7 @@ def test_run_keypoints_bring_your_own_matcher(tmp_path):
     f = read_features(feats)
     assert sorted(f) == ["a/x.png", "b/x.png", "c.png"]
     assert [len(f[n]["keypoints"]) for n in sorted(f)] == [2, 2, 1]
-    with h5py.File(out / "matches.h5", "r") as h:
+    with h5py.File(out / "merged_matches.h5", "r") as h:
         for a, b in [("a/x.png", "b/x.png"), ("a/x.png", "c.png"), ("c.png", "b/x.png")]:
             m, s = read_matches(h, a, b)
             assert len(m) >= 1
@@ -213,17 +213,17 @@ def test_run_keypoints_bring_your_own_matcher(tmp_path):
         assert len(g["matches0"]) == len(f["c.png"]["keypoints"])  # indexes the group's own image0
         assert g["matches0"].dtype == np.int32
     ts = track_stats([len(f[n]["keypoints"]) for n in sorted(f)], np.array([(0, 1), (2, 0), (2, 1)]),
-                     [read_matches(h5py.File(out / "matches.h5", "r"), *p)[0] for p in
+                     [read_matches(h5py.File(out / "merged_matches.h5", "r"), *p)[0] for p in
                       [("a/x.png", "b/x.png"), ("c.png", "a/x.png"), ("c.png", "b/x.png")]])
     assert ts["max_track_length"] == 3 and ts["same_image_duplicates"] == 0
     # without read-ahead (every pair read twice from the file) the result is the same
-    with h5py.File(out / "matches.h5", "r") as h:
+    with h5py.File(out / "merged_matches.h5", "r") as h:
         before = {k: np.asarray(h[k]["matches0"]) for k in groups}
     run_keypoints(out, config={"read_ahead_mb": 0, "overwrite": True})
     g = read_features(feats)
     for n in f:
         np.testing.assert_array_equal(f[n]["keypoints"], g[n]["keypoints"])
-    with h5py.File(out / "matches.h5", "r") as h:
+    with h5py.File(out / "merged_matches.h5", "r") as h:
         for k in groups:
             np.testing.assert_array_equal(before[k], h[k]["matches0"])
 
@@ -354,3 +354,46 @@ def test_streamed_merge_holds_one_image_at_a_time_and_reads_ahead_within_its_bud
         merge_pairs(pairs, lambda p: (k0[p], k1[p][: 3 if p == 1 else None], sc[p]), n)
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
         merge_pairs(pairs, read, 2)
+
+
+def test_the_raw_matches_are_never_written_and_a_kill_loses_only_the_stage(tmp_path):
+    """matches.h5 is only read (byte-identical after the stage); a SIGKILL at any moment of the stage leaves it
+    readable, and the rerun gives the same result as an uninterrupted run (issue: kill -9 during the keypoints
+    stage destroyed all matching when matches0 were written into matches.h5)."""
+    import hashlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "datasets"))
+    import synthetic
+
+    src = tmp_path / "scene"
+    synthetic.generate(src, synthetic.SceneConfig(num_images=12, width=480, height=360, render=False, seed=3))
+    digest = hashlib.sha1((src / "matches.h5").read_bytes()).hexdigest()
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for name in ("pairs.txt", "matches.h5"):
+        (reference / name).write_bytes((src / name).read_bytes())
+    t0 = time.perf_counter()
+    run_keypoints(reference)
+    full = time.perf_counter() - t0
+    assert hashlib.sha1((reference / "matches.h5").read_bytes()).hexdigest() == digest
+    want = read_features(reference / "features.h5")
+    for k, delay in enumerate((0.3, 0.6, 0.9)):  # fractions of the stage's own run time
+        out = tmp_path / f"kill{k}"
+        out.mkdir()
+        for name in ("pairs.txt", "matches.h5"):
+            (out / name).write_bytes((src / name).read_bytes())
+        proc = subprocess.Popen([sys.executable, "-m", "loftr_sfm.cli", "-q", "keypoints", "--output", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0 + delay * full)  # interpreter start-up, then into the stage
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert hashlib.sha1((out / "matches.h5").read_bytes()).hexdigest() == digest
+        run_keypoints(out)
+        got = read_features(out / "features.h5")
+        for n in want:
+            np.testing.assert_array_equal(got[n]["keypoints"], want[n]["keypoints"])
