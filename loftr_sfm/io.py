@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -193,11 +194,15 @@ def read_pairs(path: str | Path, known_names: Sequence[str] | None = None) -> li
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        parts = line.split()
+        try:  # names with spaces are quoted (write_pairs); plain lines are hloc's
+            parts = shlex.split(line) if ("'" in line or '"' in line) else line.split()
+        except ValueError as e:
+            raise InputError(f"{path}:{lineno}: {e} in {line!r}") from None
         if len(parts) < 2:
             raise InputError(f"{path}:{lineno}: expected 'name0 name1', got {line!r}")
         pairs.append((parts[0], parts[1]))
     pairs = normalize_pairs(pairs)
+    check_pair_keys({n for p in pairs for n in p}, path)
     if known_names is not None:
         known = set(known_names)
         unknown = sorted({n for p in pairs for n in p if n not in known})
@@ -207,13 +212,37 @@ def read_pairs(path: str | Path, known_names: Sequence[str] | None = None) -> li
     return pairs
 
 
+def _pair_name(name: str) -> str:
+    """A name as written in ``pairs.txt``: as it is (hloc's format), quoted when it has spaces or quotes."""
+    return shlex.quote(name) if any(c.isspace() or c in "'\"" for c in name) else name
+
+
+def check_pair_keys(names: Iterable[str], where: str | Path = "pairs") -> None:
+    """Refuse image names whose hloc HDF5 keys collide (``a/0001.jpg`` and ``a-0001.jpg``: '/' becomes '-').
+
+    Raises InputError listing the colliding names before any work is done with them.
+    """
+    by_key: dict[str, list[str]] = {}
+    for n in names:
+        by_key.setdefault(n.replace("/", "-"), []).append(n)
+    clashes = [sorted(v) for v in by_key.values() if len(v) > 1]
+    if clashes:
+        shown = "; ".join(" and ".join(c) for c in sorted(clashes)[:5])
+        raise InputError(f"{where}: image names that share an HDF5 key once '/' becomes '-' (hloc's layout): "
+                         f"{shown}; rename one of each")
+
+
 def write_pairs(path: str | Path, pairs: Iterable[tuple[str, str]]) -> None:
     """Write ``pairs.txt`` atomically; an identical existing file is left untouched.
+
+    Names with spaces or quotes are quoted (shell style, read back by :func:`read_pairs`).
 
     Leaving it untouched keeps its modification time, which the later stages use to decide
     that their results are up to date (rerunning ``pairs`` must not make them recompute).
     """
-    text = "".join(f"{a} {b}\n" for a, b in pairs)
+    pairs = list(pairs)
+    check_pair_keys({n for p in pairs for n in p}, path)
+    text = "".join(f"{_pair_name(a)} {_pair_name(b)}\n" for a, b in pairs)
     path = Path(path)
     try:
         if path.is_file() and path.read_text() == text:

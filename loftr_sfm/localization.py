@@ -11,10 +11,11 @@ or re-merged per query.
 Per query:
 
 1. **camera**: user intrinsics (``camera_model`` + ``camera_params``, COLMAP convention), else
-   the EXIF focal length (both through :func:`loftr_sfm.database.make_cameras`), else the focal
-   length is estimated by the absolute-pose solver and refined (``SIMPLE_RADIAL`` start with
-   ``f = 1.2 max(w, h)``). ``camera_source="map"`` reuses the camera of the best retrieved map
-   image when its size matches (photos from the map's own device).
+   the EXIF focal length (both through :func:`loftr_sfm.database.make_cameras`), else the camera
+   of the best retrieved map image of the query's size (photos from the map's own device, whose
+   calibration the map estimated from many images), else the focal length is estimated by the
+   absolute-pose solver and refined (``SIMPLE_RADIAL`` start with ``f = 1.2 max(w, h)``). The log
+   names each query's source (``camera_source``).
 2. **retrieval**: top ``num_retrieved`` map images by global descriptor similarity, with the
    descriptors of the pairs stage (:mod:`loftr_sfm.retrieval`), optionally expanded by
    ``num_covisible`` images that share the most 3D points with the retrieved ones.
@@ -91,7 +92,9 @@ class LocalizationConfig:
     ransac_max_error: float = field(default=12.0, metadata={"help": "px, absolute pose RANSAC threshold"})
     min_inliers: int = field(default=12, metadata={"help": "fewer PnP inliers = failed query"})
     seed: int = field(default=0, metadata={"help": "RANSAC seed"})
-    camera_source: Literal["auto", "map", "estimate"] = field(default="auto", metadata={"help": "auto | map | estimate (auto: user > EXIF > estimate)"})
+    camera_source: Literal["auto", "map", "estimate"] = field(
+        default="auto", metadata={"help": "auto | map | estimate (auto: user > EXIF > the map's camera of the query's size "
+                                          "> estimate)"})
     camera_model: str = field(default="SIMPLE_RADIAL", metadata={"help": "query camera model (with camera_params)"})
     camera_params: str | None = field(default=None, metadata={"help": "query intrinsics 'fx,fy,cx,cy,...' (COLMAP)"})
     refine_intrinsics: bool | None = field(
@@ -597,18 +600,18 @@ class Localizer:
         return [n for n in ranked if n in self.map][: self.config.num_retrieved]
 
     def query_camera(self, query_path: Path, name: str, retrieved: Sequence[str]) -> tuple[Any, str, bool]:
-        """(camera, source, focal known) for a query; raises ImageReadError for unreadable files."""
+        """(camera, source, focal known) for a query; raises ImageReadError for unreadable files.
+
+        ``auto``: the user's intrinsics, else EXIF, else the camera of the best retrieved map image of
+        the query's size (a photo of the map's own device: its calibration is what the map estimated
+        from many images), else an estimated focal length. ``map`` skips user and EXIF; ``estimate``
+        always estimates.
+        """
         from .database import DatabaseConfig, make_cameras
 
         w, h = image_size(query_path)
         c = self.config
-        if c.camera_source == "map":
-            for n in retrieved[:1]:
-                cam = self.reconstruction.images[self.map[n].image_id].camera
-                if (cam.width, cam.height) == (w, h):
-                    return copy.deepcopy(cam), "map", True
-            logger.warning("%s: no retrieved map camera of size %dx%d; falling back to auto", name, w, h)
-        if c.camera_source != "estimate":
+        if c.camera_source == "auto":
             fname = query_path.name  # make_cameras reads EXIF from folder / name
             cams, _ = make_cameras(
                 [fname],
@@ -619,6 +622,13 @@ class Localizer:
             cam = cams[0]
             if cam.has_prior_focal_length:
                 return cam, ("user" if c.camera_params else "exif"), True
+        if c.camera_source != "estimate":
+            for n in retrieved:
+                cam = self.reconstruction.images[self.map[n].image_id].camera
+                if (cam.width, cam.height) == (w, h):
+                    return copy.deepcopy(cam), "map", True
+            if c.camera_source == "map":
+                logger.warning("%s: no retrieved map camera of size %dx%d; its focal length is estimated", name, w, h)
         import pycolmap
 
         cam = pycolmap.Camera.create_from_model_name(
@@ -768,6 +778,9 @@ class Localizer:
             res.time = time.perf_counter() - t0
             if own_tmp:
                 shutil.rmtree(workdir, ignore_errors=True)
+        logger.info("query %s: %s (camera: %s; %d inliers; %.1f s)", name,
+                    "localized" if res.success else f"failed, {res.message or 'no pose'}", res.camera_source or "-",
+                    res.num_inliers, res.time)
         return res
 
     # ------------------------------------------------------------------ registration

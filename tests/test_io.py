@@ -125,3 +125,23 @@ def test_atomic_path_keeps_old_file_on_error(tmp_path):
     with io.atomic_path(target) as tmp:
         tmp.write_text("new")
     assert target.read_text() == "new"
+
+
+def test_pairs_with_spaces_round_trip_and_plain_names_stay_hloc_readable(tmp_path):
+    from loftr_sfm.io import read_pairs, write_pairs
+
+    pairs = [("my photo 1.jpg", "b.jpg"), ("b.jpg", "it's.jpg"), ("a/x.jpg", "c.jpg")]
+    write_pairs(tmp_path / "pairs.txt", pairs)
+    assert read_pairs(tmp_path / "pairs.txt") == pairs
+    assert "a/x.jpg c.jpg\n" in (tmp_path / "pairs.txt").read_text()  # plain names as hloc writes them
+
+
+def test_colliding_hdf5_keys_are_refused_before_any_work(tmp_path):
+    from loftr_sfm.io import InputError, read_pairs, write_pairs
+
+    with pytest.raises(InputError, match="a-0001.jpg and a/0001.jpg"):
+        write_pairs(tmp_path / "pairs.txt", [("a/0001.jpg", "b.jpg"), ("a-0001.jpg", "b.jpg")])
+    assert not (tmp_path / "pairs.txt").exists()
+    (tmp_path / "pairs.txt").write_text("a/0001.jpg b.jpg\na-0001.jpg b.jpg\n")
+    with pytest.raises(InputError, match="share an HDF5 key"):
+        read_pairs(tmp_path / "pairs.txt")

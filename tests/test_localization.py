@@ -341,9 +341,14 @@ def test_query_camera_sources(tmp_path, scene):
     cv2.imwrite(str(sub / "a.png"), np.zeros((H, W), np.uint8))
     cv2.imwrite(str(sub / "small.png"), np.zeros((100, 200), np.uint8))
     loc = Localizer(root, root / "images", {"num_retrieved": 50, "matcher": "sift"})
-    cam, src, known = loc.query_camera(sub / "a.png", "sub/a.png", loc.names)
+    cam, src, known = loc.query_camera(sub / "a.png", "sub/a.png", loc.names)  # the map's size, no EXIF
+    assert (src, known) == ("map", True) and cam.params[0] == pytest.approx(F)
+    cam, src, known = loc.query_camera(sub / "small.png", "sub/small.png", loc.names)  # no map camera of its size
     assert (src, known, cam.model_name) == ("estimated", False, "SIMPLE_RADIAL")
-    assert cam.params[0] == pytest.approx(1.2 * W)
+    assert cam.params[0] == pytest.approx(1.2 * 200)
+    est = Localizer(root, root / "images", {"num_retrieved": 50, "matcher": "sift", "camera_source": "estimate"})
+    cam, src, known = est.query_camera(sub / "a.png", "sub/a.png", loc.names)
+    assert (src, known) == ("estimated", False) and cam.params[0] == pytest.approx(1.2 * W)
     user = Localizer(root, root / "images", {"num_retrieved": 50, "matcher": "sift", "camera_model": "PINHOLE",
                                               "camera_params": "800,810,500,380"})
     cam, src, known = user.query_camera(sub / "a.png", "sub/a.png", loc.names)
