@@ -63,7 +63,7 @@ from typing import Callable
 
 import numpy as np
 
-from .io import InputError, atomic_path, find_pair, read_raw_group, image_size, list_images, read_pairs
+from .io import ImageReadError, InputError, atomic_path, find_pair, image_size, list_images, read_pairs, read_raw_group
 from .utils import Timer, merge_config
 from .workspace import MERGED_MATCHES_FILE, record_stage_time
 
@@ -809,13 +809,23 @@ def run_keypoints(output: Path, images: Path | None = None, config: KeypointsCon
                 f" -> {matcher}" if matcher else "")
     pairs = read_pairs(pairs_path)
     names = sorted({n for p in pairs for n in p})
+    size_of: dict[str, tuple[int, int]] = {}
     if images is not None:
         all_names = list_images(images)
         known = set(all_names)
         unknown = [n for n in names if n not in known]
         if unknown:
             raise InputError(f"{pairs_path} names image(s) not in {images}: {', '.join(unknown[:5])}")
-        names = all_names
+        unreadable = []
+        for n in all_names:
+            try:
+                size_of[n] = image_size(Path(images) / n)
+            except ImageReadError as e:
+                unreadable.append(f"{n} ({e})")
+        if unreadable:  # the matching stage skipped them too: the others go on without them
+            logger.warning("keypoints: %d unreadable image(s) left out: %s", len(unreadable), "; ".join(unreadable[:10]))
+        names = [n for n in all_names if n in size_of]
+        pairs = [p for p in pairs if p[0] in size_of and p[1] in size_of]
     index = {n: i for i, n in enumerate(names)}
     # the size/mtime of matches.h5 (and of merged_matches.h5) are stored in features.h5; any later change
     # (e.g. the matching stage added pairs) triggers a recompute.
@@ -852,7 +862,7 @@ def run_keypoints(output: Path, images: Path | None = None, config: KeypointsCon
     sizes = []
     for i, n in enumerate(names):
         if images is not None:
-            sizes.append(image_size(Path(images) / n))
+            sizes.append(size_of[n])
         else:
             kp = res.keypoints[i]
             sizes.append(tuple(int(np.ceil(v)) + 1 for v in kp.max(0)) if len(kp) else (0, 0))

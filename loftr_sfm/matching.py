@@ -434,7 +434,11 @@ def match_pairs(
     for n in names:
         try:
             paths[n] = resolve_fn(n)
-            sizes[n] = spec.resized_size(*image_size(paths[n]))
+            original = image_size(paths[n])
+            if min(original) < spec.min_side:
+                raise InputError(f"{original[0]}x{original[1]} px is smaller than the {matcher.name} backend's "
+                                 f"minimum of {spec.min_side} px per side")
+            sizes[n] = spec.resized_size(*original)
         except (ImageReadError, InputError, OSError) as e:
             bad[n] = str(e)
             logger.warning("skipping image %s: %s", n, e)

@@ -397,3 +397,21 @@ def test_the_raw_matches_are_never_written_and_a_kill_loses_only_the_stage(tmp_p
         got = read_features(out / "features.h5")
         for n in want:
             np.testing.assert_array_equal(got[n]["keypoints"], want[n]["keypoints"])
+
+
+def test_an_unreadable_image_is_left_out_by_name_and_the_others_go_on(tmp_path, caplog):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "datasets"))
+    import synthetic
+
+    from loftr_sfm.database import run_database
+
+    synthetic.generate(tmp_path, synthetic.SceneConfig(num_images=4, width=160, height=120, render=True, seed=2))
+    (tmp_path / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    run_keypoints(tmp_path, tmp_path / "images")
+    assert "broken.jpg" in caplog.text and "unreadable" in caplog.text
+    feats = read_features(tmp_path / "features.h5")
+    assert sorted(feats) == [f"img_{i:03d}.png" for i in range(4)]
+    run_database(tmp_path, tmp_path / "images")
+    from loftr_sfm.database import database_stats
+
+    assert database_stats(tmp_path / "database.db")["images"] == 4

@@ -176,6 +176,22 @@ def test_unreadable_images_are_reported_and_skipped(tmp_path, caplog):
             read_raw_matches(f, a, b)
 
 
+def test_images_below_the_backends_minimum_are_skipped_by_name(tmp_path, caplog):
+    images = tmp_path / "images"
+    names = _make_images(images, 3)
+    Image.fromarray(np.zeros((15, 20, 3), np.uint8)).save(images / "tiny.png")  # 20x15 px
+    pairs = _all_pairs(names + ["tiny.png"])
+    fake = FakeMatcher()
+    fake.spec = InputSpec(grayscale=True, max_side=64, multiple=8, min_side=32)
+    stats = match_pairs(pairs, images, tmp_path / "m.h5", {"num_workers": 0}, matcher=fake)
+    assert stats.failed_images == ["tiny.png"] and stats.num_matched == 3 and stats.num_failed == 3
+    assert "tiny.png" in caplog.text and "20x15 px is smaller than the fake backend's minimum of 32 px" in caplog.text
+    assert all("tiny.png" not in p for p in fake.calls)
+    from loftr_sfm.matching import build_backend
+
+    assert build_backend({"matcher": "xfeat-star", "device": "cpu"}).spec.min_side == 64  # xfeat fails below
+
+
 def test_bucket_batches():
     keys = ["a", "b", "a", "a", "b", "c", "a"]
     batches = bucket_batches(keys, 2)

@@ -53,6 +53,7 @@ class InputSpec:
     grayscale: bool = True
     max_side: int | None = 1024
     multiple: int = 1
+    min_side: int = 1  # px of the original's shorter side; smaller images are skipped by name
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the resize policy, for an original (width, height)."""

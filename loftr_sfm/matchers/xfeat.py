@@ -149,7 +149,8 @@ class XFeatStarMatcher(MatcherBackend):
     def __init__(self, options: XFeatOptions | None = None, device: str = "cpu") -> None:
         super().__init__(device=device)
         self.options = options or XFeatOptions()
-        self.spec = InputSpec(grayscale=True, max_side=self.options.max_side, multiple=32)
+        # below 64 px the network's 8x-downsampled grid is too small for its detector (a ZeroDivisionError inside)
+        self.spec = InputSpec(grayscale=True, max_side=self.options.max_side, multiple=32, min_side=64)
         self.xfeat = _load_xfeat(self.options.weights, device)
         self._cache: OrderedDict[tuple, dict] = OrderedDict()
 
