@@ -339,6 +339,26 @@ class MatchesWriter:
 # --------------------------------------------------------------------------- core
 
 
+def _image_stamps(names: Iterable[str], resolve_fn: Callable[[str], Path]) -> dict[str, str]:
+    """{name: "size:mtime_ns"} of the image files that exist (missing ones are reported when read)."""
+    out = {}
+    for n in names:
+        with contextlib.suppress(OSError, InputError):
+            st = Path(resolve_fn(n)).stat()
+            out[n] = f"{st.st_size}:{st.st_mtime_ns}"
+    return out
+
+
+def _recorded_stamps(path: Path) -> dict[str, str]:
+    """The ``image_stamps`` attribute of a matches file ({} when absent or unreadable)."""
+    import h5py
+
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        with h5py.File(path, "r") as f:
+            return dict(json.loads(f.attrs["image_stamps"]))
+    return {}
+
+
 def _resolver(resolve: Callable[[str], Path] | Mapping[str, Path] | str | Path) -> Callable[[str], Path]:
     if isinstance(resolve, Mapping):
         table = {k: Path(v) for k, v in resolve.items()}
@@ -410,9 +430,20 @@ def match_pairs(
         logger.info("removed temporary files of an interrupted run beside %s", writer.path)
     writer.merge(ensure_exists=True)  # leftovers of an interrupted run first, and a valid file from now on
     done = set() if config.overwrite else writer.existing_keys()
+    # what each image file was when its pairs were matched: a photo replaced under the same name has its pairs
+    # matched again (file size and modification time; images never stamped before are taken as they are)
+    stamps = _image_stamps({n for p in pairs for n in p}, resolve_fn)
+    recorded = _recorded_stamps(writer.path)
+    changed = {n for n, st in stamps.items() if recorded.get(n, st) != st}
+    if changed and done:
+        logger.info("%d image(s) changed since their pairs were matched (%s): matching their pairs again",
+                    len(changed), ", ".join(sorted(changed)[:5]))
+    writer.attrs["image_stamps"] = json.dumps({**recorded, **stamps}, sort_keys=True)
     todo = []
     for a, b in pairs:
-        if names_to_pair(a, b) in done or names_to_pair(b, a) in done:
+        if a in changed or b in changed:
+            todo.append((a, b))
+        elif names_to_pair(a, b) in done or names_to_pair(b, a) in done:
             stats.num_done_before += 1
         else:
             todo.append((a, b))

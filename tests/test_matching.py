@@ -192,6 +192,26 @@ def test_images_below_the_backends_minimum_are_skipped_by_name(tmp_path, caplog)
     assert build_backend({"matcher": "xfeat-star", "device": "cpu"}).spec.min_side == 64  # xfeat fails below
 
 
+def test_a_replaced_photo_has_its_pairs_matched_again(tmp_path):
+    images = tmp_path / "images"
+    names = _make_images(images, 4)
+    pairs = _all_pairs(names)
+    fake = FakeMatcher()
+    match_pairs(pairs, images, tmp_path / "m.h5", {"num_workers": 0}, matcher=fake)
+    assert len(fake.calls) == 6
+    fake.calls.clear()
+    match_pairs(pairs, images, tmp_path / "m.h5", {"num_workers": 0}, matcher=fake)
+    assert fake.calls == []  # unchanged: nothing matched again
+    replaced = names[2]
+    time.sleep(0.01)
+    Image.fromarray(np.full((60, 90, 3), 7, np.uint8)).save(images / replaced)  # same name, new content
+    stats = match_pairs(pairs, images, tmp_path / "m.h5", {"num_workers": 0}, matcher=fake)
+    assert sorted(fake.calls) == sorted(p for p in pairs if replaced in p) and stats.num_matched == 3
+    fake.calls.clear()
+    match_pairs(pairs, images, tmp_path / "m.h5", {"num_workers": 0}, matcher=fake)
+    assert fake.calls == []
+
+
 def test_bucket_batches():
     keys = ["a", "b", "a", "a", "b", "c", "a"]
     batches = bucket_batches(keys, 2)
