@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -316,6 +317,22 @@ def read_stage_stats(output: Path) -> dict:
     return stats if isinstance(stats, dict) else {}
 
 
+def _intact(db_path: Path, stats: dict) -> bool:
+    """Whether ``db_path`` is a readable SQLite database with the images and pairs ``stats`` recorded for it."""
+    try:
+        con = sqlite3.connect(Path(db_path).resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            if con.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                return False
+            images = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+            pairs = con.execute("SELECT COUNT(*) FROM matches WHERE rows > 0").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+    return images == stats.get("images") and pairs == stats.get("matched_pairs")
+
+
 def database_stats(db_path: Path) -> dict:
     """Counts of a database: images, cameras, keypoints, matched and verified (>= 15 inliers) pairs."""
     import pycolmap
@@ -399,9 +416,12 @@ def run_database(output: Path, images: Path, config: DatabaseConfig | None = Non
     sig = _signature(output, images, cfg)
     if not cfg.overwrite and db_path.is_file() and stamp.is_file():
         try:
-            if json.loads(stamp.read_text()).get("signature") == sig:
-                logger.info("database: %s is up to date, skipping (use overwrite to rebuild)", db_path)
-                return db_path
+            record = json.loads(stamp.read_text())
+            if record.get("signature") == sig:
+                if _intact(db_path, record.get("stats", {})):
+                    logger.info("database: %s is up to date, skipping (use overwrite to rebuild)", db_path)
+                    return db_path
+                logger.warning("database: %s is damaged or not the one this stage wrote: building it again", db_path)
         except (OSError, ValueError):
             pass
     with Timer() as t:

@@ -276,3 +276,20 @@ def test_database_stage_warns_of_weak_links(tmp_path, caplog):
     assert json.loads((out / ".database.json").read_text())["stats"]["weak_links"] == links
     with pytest.raises(ValueError, match="weak_link_pairs"):
         run_database(out, out / "images", {"weak_link_pairs": -1})
+
+
+def test_a_damaged_or_emptied_database_is_built_again(scene, tmp_path):
+    """A truncated database.db (or an empty one where it was deleted) is not taken as up to date."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for n in ("features.h5", "merged_matches.h5", "matches.h5", "pairs.txt"):
+        (out / n).write_bytes((scene / n).read_bytes())
+    run_database(out, scene / "images")
+    good = database_stats(out / "database.db")
+    data = (out / "database.db").read_bytes()
+    (out / "database.db").write_bytes(data[: len(data) // 3])  # truncated
+    run_database(out, scene / "images")
+    assert database_stats(out / "database.db") == good
+    (out / "database.db").write_bytes(b"")  # deleted and re-created empty
+    run_database(out, scene / "images")
+    assert database_stats(out / "database.db") == good
