@@ -254,7 +254,10 @@ def run(argv: list[str] | None = None) -> Any:
         fn_name = {"pairs": "run_pairs", "match": "run_matching", "keypoints": "run_keypoints",
                    "database": "run_database", "map": "run_mapping"}[cmd]
         fn = getattr(importlib.import_module(module), fn_name)
-        return fn(args.output, args.images, config_from_args(_config_class(cmd), args))
+        from loftr_sfm.workspace import output_lock
+
+        with output_lock(args.output):
+            return fn(args.output, args.images, config_from_args(_config_class(cmd), args))
     if cmd == "localize":
         from loftr_sfm.localization import localize
 

@@ -361,7 +361,6 @@ def database_fingerprint(db_path: Path) -> str:
     cost is one pass over the file (about 0.1 s for fox's 19 MB exhaustive database).
     Raises ``sqlite3.DatabaseError`` if the file is not a readable SQLite database.
     """
-    import sqlite3
 
     h = hashlib.blake2b(digest_size=16)
     con = sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?mode=ro", uri=True)

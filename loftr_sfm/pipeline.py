@@ -18,6 +18,7 @@ from typing import Any
 from loftr_sfm.database import read_stage_stats
 from loftr_sfm.io import atomic_path
 from loftr_sfm.utils import Timer
+from loftr_sfm.workspace import output_lock
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,15 @@ def reconstruct(
     Returns:
         The mapping summary (registered/total images, points, track length, reprojection error,
         per-stage times; also saved as ``summary.json``). The model itself:
-        ``loftr_sfm.sfm.load_model(output)``.
+        ``loftr_sfm.sfm.load_model(output)``. One run per output folder at a time: a second one is
+        refused at once (:func:`loftr_sfm.workspace.output_lock`).
     """
+    images, output = Path(images), Path(output)
+    with output_lock(output):  # one run per output folder
+        return _reconstruct(images, output, pairs, matching, keypoints, database, mapping, bridge_weak_links)
+
+
+def _reconstruct(images: Path, output: Path, pairs, matching, keypoints, database, mapping, bridge_weak_links: bool):
     from loftr_sfm.database import DatabaseConfig, run_database
     from loftr_sfm.keypoints import PRESETS, KeypointsConfig, run_keypoints
     from loftr_sfm.matching import MatchingConfig, run_matching
@@ -56,8 +64,6 @@ def reconstruct(
     from loftr_sfm.sfm import MappingConfig, run_mapping
     from loftr_sfm.utils import merge_config
 
-    images, output = Path(images), Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     matching_cfg = merge_config(MatchingConfig, matching)
     keypoints_cfg = merge_config(KeypointsConfig, keypoints)

@@ -147,3 +147,30 @@ def test_sequential_pairs_with_a_weak_link_get_loop_closure(tmp_path):
     again = run(out)  # starts with loop closure: nothing to match, the same pairs and model
     assert ServedMatcher.calls == [] and read_pairs(out / "pairs.txt") == pairs
     assert again["bridged_weak_links"] == links and again["registered"] == 16
+
+
+def test_one_run_per_output_folder_and_stale_temporaries_go(tmp_path):
+    """A second run on a folder another run holds is refused at once, naming the holder; the lock dies with its
+    process (kill -9 too); temporaries a killed run left are removed when the next run starts."""
+    import os
+    import signal
+    import subprocess
+
+    from loftr_sfm.io import InputError
+    from loftr_sfm.workspace import output_lock
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from loftr_sfm.workspace import output_lock\n"
+                               f"with output_lock({str(out)!r}):\n print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(InputError, match=f"in use by another loftr-sfm run \\(pid {holder.pid}\\)"):
+        reconstruct(tmp_path, out)
+    (out / ".database.db.abc123.tmp").write_bytes(b"half")
+    (out / ".mapping.xyz").mkdir()
+    (out / ".matches.h5.journal").mkdir()  # finished batches of matching: kept
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    with output_lock(out):
+        assert not (out / ".database.db.abc123.tmp").exists() and not (out / ".mapping.xyz").exists()
+        assert (out / ".matches.h5.journal").is_dir()
