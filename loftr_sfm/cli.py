@@ -296,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.error("interrupted: finished work is kept; rerun the same command to resume")
         return 130
+    except OSError as e:  # unwritable or full output, a file where a folder is expected, ...
+        where = e.filename if e.filename is not None else "a file of the run"
+        logger.error("cannot use %s: %s (finished files are left as they were)", where, e.strerror or e)
+        logger.debug("traceback", exc_info=True)
+        return 2
     failure = job_failure(result)
     if failure:
         logger.error("%s", failure)

@@ -188,3 +188,20 @@ def test_exit_code_says_whether_a_model_or_a_pose_was_made(monkeypatch, caplog):
     assert cli.main(argv) == 1 and "no query localized (0 of 2)" in caplog.text
     results["queries"][1].success = True
     assert cli.main(argv) == 0
+
+
+def test_unwritable_output_gives_one_message_naming_the_path(tmp_path, caplog):
+    import os
+
+    images = tmp_path / "images"
+    images.mkdir()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert cli.main(["pairs", "--images", str(images), "--output", str(afile)]) == 2
+    assert str(afile) in caplog.text and "Traceback" not in caplog.text
+    if os.geteuid() != 0:  # root writes into read-only folders
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        caplog.clear()
+        assert cli.main(["pairs", "--images", str(images), "--output", str(ro)]) == 2
+        assert str(ro) in caplog.text
