@@ -24,6 +24,8 @@ Usage:
     python pipelines/scene_suite.py --work outputs/suite --out docs/suite   # the whole suite
     python pipelines/scene_suite.py --quick --work outputs/suite_quick      # the CI subset, checked
     python pipelines/scene_suite.py --scenes eth3d-pipes syn-ring --methods ours colmap-sift
+    python pipelines/scene_suite.py --methods ours bare-pycolmap --variant tracks='{"refine_tracks": "on"}' \
+        --variant filter='{"relative_filter": true}'   # opt-in options on the same databases
 """
 
 from __future__ import annotations
@@ -234,7 +236,8 @@ def run_hloc(raw: Path, pairs: Path, images: Path, out: Path) -> tuple[Path, flo
     return out / "model", seconds
 
 
-def run_scene(scene: Scene, work: Path, methods: list[str], matchers: list[str]) -> list[dict]:
+def run_scene(scene: Scene, work: Path, methods: list[str], matchers: list[str],
+              variants: dict[str, dict] | None = None) -> list[dict]:
     images, gt, served = scene_inputs(scene, work)
     import pycolmap
 
@@ -254,6 +257,22 @@ def run_scene(scene: Scene, work: Path, methods: list[str], matchers: list[str])
             rows.append({**base, "method": "bare-pycolmap", "matcher": matcher, **evaluate(model, gt, num),
                          "after_s": round(seconds, 1)})
         rows.insert(len(rows) - ("bare-pycolmap" in methods), row)
+        for name, options in (variants or {}).items():  # other mapping options on the very same database
+            vdir = work / scene.name / f"variant-{name}-{matcher}"
+            vdir.mkdir(parents=True, exist_ok=True)
+            if not (vdir / "database.db").is_file():
+                shutil.copy2(out / "database.db", vdir / "database.db")
+                for f in ("matches.h5",):  # the matcher the options' 'auto' values look at
+                    if (out / f).is_file() and not (vdir / f).exists():
+                        (vdir / f).symlink_to((out / f).resolve())
+            from loftr_sfm.sfm import run_mapping
+
+            vs = run_mapping(vdir, images, options)
+            seconds = sum(vs["times"].get(k, 0.0) for k in vs["times"]) + after_s - summary["times"].get("mapping", 0) \
+                - summary["times"].get("share_cameras", 0)
+            rows.append({**base, "method": f"ours+{name}", "matcher": matcher, **evaluate(vdir / "model", gt, num),
+                         "after_s": round(seconds, 1),
+                         "after/bare": round(seconds / bare_s[matcher], 2) if matcher in bare_s else None})
         if "hloc" in methods and matcher != "sift":
             model, seconds = run_hloc(out / "matches.h5", out / "pairs.txt", images, work / scene.name / f"hloc-{matcher}")
             rows.append({**base, "method": "hloc", "matcher": matcher, **evaluate(model, gt, num),
@@ -298,7 +317,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", choices=["tune", "confirm"], default=None)
     ap.add_argument("--quick", action="store_true", help="the small synthetic subset, checked against thresholds")
     ap.add_argument("--fresh", action="store_true", help="map again (raw matches are kept)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                    help="also map our database with these mapping options (rows 'ours+NAME'), e.g. "
+                         "tracks='{\"refine_tracks\": \"on\"}'")
     args = ap.parse_args(argv)
+    variants = {}
+    for v in args.variant:
+        name, _, text = v.partition("=")
+        try:
+            variants[name] = json.loads(text)
+        except ValueError as e:
+            ap.error(f"--variant {v!r}: {e}")
     logging.basicConfig(level=logging.WARNING, format="[%(asctime)s %(name)s %(levelname)s] %(message)s",
                         datefmt="%H:%M:%S")
     scenes = [s for s in SUITE if (args.scenes is None or s.name in args.scenes) and (not args.quick or s.quick)
@@ -313,12 +342,14 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if args.fresh:
             for p in (args.work / scene.name).glob("*"):
-                if p.name != "scene":
+                if p.name.startswith("variant-"):
+                    shutil.rmtree(p)
+                elif p.name != "scene":
                     for name in ("model", "model_txt", "summary.json", "database.db", ".database.json",
                                  "features.h5", "seconds.json", "sparse", "sfm"):
                         q = p / name
                         shutil.rmtree(q) if q.is_dir() else q.unlink(missing_ok=True)
-        new = run_scene(scene, args.work, args.methods, args.matchers)
+        new = run_scene(scene, args.work, args.methods, args.matchers, variants)
         for r in new:
             print(" | ".join(fmt(r.get(c)) for c in COLUMNS), flush=True)
         rows += new
