@@ -11,8 +11,8 @@ stage) and ``output/pairs.txt``; writes ``output/database.db`` with
   does not refine it by default). Photos from one camera without EXIF get one camera each here;
   the mapping stage gives images whose estimated cameras agree one camera afterwards
   (``share_cameras``) and refines its principal point, which one camera per image cannot. Stating
-  it with ``camera_mode single`` (or ``per_folder``) does that from the start (castle-P30,
-  XFeat*: median rotation error 0.64 -> 0.047 deg).
+  it with ``camera_mode single`` (or ``per_folder``) does that from the start, the more accurate
+  choice when it is true.
 * images: ``write_image`` by name (ids are assigned by the database; everything downstream maps
   by name, never by id).
 * keypoints: features.h5 coordinates + 0.5 (OpenCV pixel centres -> COLMAP convention).
@@ -263,8 +263,8 @@ def weak_links(db_path: Path, max_pairs: int = 5, max_share: float = 0.25, min_s
     name against those after it) is crossed by the verified pairs (``min_inliers`` inliers or more)
     with an image on each side. A cut whose two sides hold ``min_side`` images or more and which at
     most ``max_pairs`` pairs and at most ``max_share`` of the median cut's pairs cross is weak: a
-    video with a gap matched with sequential pairs (fox, 10 neighbours: 4 pairs hold its two halves,
-    against a median of 54), or photos of separate places (0 pairs). The model bends or splits
+    video with a gap matched with sequential pairs (a few pairs hold its two halves together), or
+    photos of separate places (0 pairs). The model bends or splits
     there. Runs of consecutive weak cuts are reported once, at the cut crossed by the fewest pairs
     (the first on ties).
 
@@ -355,10 +355,10 @@ def database_fingerprint(db_path: Path) -> str:
 
     What later stages compare to know whether the database changed, instead of its mtime:
     pycolmap rewrites the SQLite file whenever it opens a database, even only to read it
-    (pycolmap 4.2.1: ``Database.open`` + ``num_images`` on herzjesu's database changed the file's
-    bytes and mtime, not a row), so looking into ``database.db`` would otherwise make the mapping
-    stage map again. Read with sqlite3 in read-only mode (this function does not touch the file);
-    cost is one pass over the file (about 0.1 s for fox's 19 MB exhaustive database).
+    (pycolmap 4.2.1: ``Database.open`` + ``num_images`` changes the file's bytes and mtime, not a
+    row), so looking into ``database.db`` would otherwise make the mapping stage map again. Read
+    with sqlite3 in read-only mode (this function does not touch the file); cost is one pass over
+    the file.
     Raises ``sqlite3.DatabaseError`` if the file is not a readable SQLite database.
     """
 

@@ -10,7 +10,7 @@ Conventions
 * Errors are measured in the ground truth's frame after a similarity ``gt_from_est`` fitted on
   camera centres (robust: Umeyama inside a deterministic LO-RANSAC, see
   :func:`estimate_sim3_robust`). Rotation error is the angle of ``R_est_aligned @ R_gt.T`` in
-  degrees; position error is the camera-centre distance in GT units (metres for Strecha).
+  degrees; position error is the camera-centre distance in GT units.
 
 Reconstruction metrics (:func:`evaluate_reconstruction`)
 --------------------------------------------------------
@@ -29,7 +29,7 @@ Localization metrics (:func:`evaluate_localization`)
 ----------------------------------------------------
 Recall at (0.25 m, 2 deg), (0.5 m, 5 deg), (5 m, 10 deg) over *all* queries (a query without a
 pose counts as a failure), median rotation / position errors over the localized queries.
-Optionally the map is first aligned to GT (fox's GT is only defined up to a similarity): the
+Optionally the map is first aligned to GT (for a GT only defined up to a similarity): the
 Sim(3) is fitted on the map images' camera centres and applied to the query poses.
 """
 
@@ -271,7 +271,7 @@ def poses_from_reconstruction(rec) -> PoseSet:
 def rigid_to_pose(rigid) -> Pose:
     """A ``pycolmap.Rigid3d`` as (R (3, 3), t (3,)) float64.
 
-    pycolmap keeps text-model quaternions unnormalized (castle GT: |q| - 1 ~ 1e-7), and
+    pycolmap keeps text-model quaternions unnormalized (text files round them), and
     ``rotation.matrix()`` is then not orthonormal: normalize (scipy's from_quat does, xyzw).
     """
     from scipy.spatial.transform import Rotation

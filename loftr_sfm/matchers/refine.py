@@ -12,9 +12,8 @@ match keeps the refined point when it moved less than ``max_shift`` px and the f
 correlate at least ``min_ncc``; the others are reported as not refined (outliers, occlusion,
 textureless or strongly distorted patches; degenerate systems never raise, they just fail).
 
-Measured on castle-P30 (142 pairs with < 60 deg between optical axes, XFeat* at 1024 px, GT
-epipolar geometry, errors in original 3072-px pixels): median Sampson error 0.98 px before, 0.12 px
-over the 76 % of matches refined (affine, radius 7; translation, radius 5: 0.27 px); SIFT 0.19 px.
+Against GT epipolar geometry of real pairs, the matches it refines end up about as accurate as
+SIFT keypoints, the affine fit clearly ahead of translation-only (numbers in ``docs/``).
 
 Coordinates: pixel centres at integers (OpenCV convention) in the frame of the given images.
 """

@@ -52,10 +52,9 @@ def extract_rootsift(gray: np.ndarray, max_keypoints: int, contrast_threshold: f
     OpenCV doubles the image for its first octave by pixel-centre-aligned bilinear interpolation
     but maps a doubled pixel ``k`` back to ``k / 2`` instead of ``k / 2 - 0.25``, so its
     keypoints sit 0.25 px right of and below the feature in both axes (opencv/opencv#23123;
-    measured here by detecting on an image and on its mirror: 0.248 / 0.247 px on castle-P30
-    and fox). The 0.25 px are subtracted. Uncorrected, the offset acts like a principal point
-    0.35 px off; on a rendered scene with exact GT (pipelines/evaluate_synthetic.py) the median
-    rotation error was 0.055 deg, 0.034 with the correction.
+    detecting on an image and on its mirror shows it). The 0.25 px are subtracted. Uncorrected,
+    the offset acts like a principal point 0.35 px off and costs rotation accuracy against exact
+    GT (pipelines/evaluate_synthetic.py).
     """
     import cv2
 

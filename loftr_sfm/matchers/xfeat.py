@@ -18,34 +18,27 @@ refined to sub-pixel.
 Photometric refinement (``refine``, default on; ours, not part of XFeat*): image0's regressed points
 are moved to sub-pixel agreement with image1's cell centres by affine Lucas-Kanade on 15x15
 patches of the network input (:mod:`loftr_sfm.matchers.refine`); matches whose patches do not
-correlate after it (``refine_min_ncc``; 24 % on castle-P30, 27 % on fox) keep their regressed
-point, or are dropped with ``drop_unrefined``. On castle-P30 (142 pairs < 60 deg, 1024 px) the
-median Sampson error against GT falls from 0.98 to 0.23 px (original 3072-px pixels; 0.12 px
-over the refined matches; SIFT: 0.19 px) and the two-view pose AUC@5 rises from 0.648 to 0.810
-(0.845 dropping the unrefined; SIFT: 0.822), for ~0.06-0.1 s per pair on 2 CPU cores (matching:
-~0.28 s). Dropping is not the default: weak pairs lose most of their matches (fox, sequential
-pairs: the 10th percentile of matches per pair falls from 199 to 65, and the incremental mapper
-registers 37 of 67 images instead of 67).
+correlate after it (``refine_min_ncc``) keep their regressed point, or are dropped with
+``drop_unrefined``. It brings the matches' epipolar error and two-view pose accuracy close to
+SIFT's for a fraction of the matching time. Dropping is not the default: weak pairs lose most of
+their matches, and images held only by them may no longer register.
 
 Ratio test (``max_ratio``, default off; ``0.85`` for scenes with repeated structure): XFeat* keeps
-every mutual nearest neighbour, so look-alike structure (the identical wings of castle-P30's
-courtyard) yields pairs with hundreds of consistent wrong matches that pass verification. The
+every mutual nearest neighbour, so look-alike structure (e.g. identical wings of a building)
+yields pairs with hundreds of consistent wrong matches that pass verification. The
 test keeps a match only if its descriptor distance is at most ``max_ratio`` times the distance to
-its best rival farther than ``ratio_radius`` (:func:`distinctiveness_ratios`). Measured on
-castle-P30's 245 sequential pairs (1024 px) against GT: the matches of pairs most of whose
-matches contradict GT fall from a median of 347 to 76 per pair, those of right pairs that agree
-with GT from 895 to 685, and the share of wrong matches in right pairs from 17 to 8 %. It is not
-the default because it also removes correct matches of repetitive texture that the camera
-estimation leans on (herzjesu-P8, estimated intrinsics: AUC@1 0.804 -> 0.732; fox, retrieval pairs, GT intrinsics:
-0.833 -> 0.791) and thins out weak links (fox, sequential pairs: 37 of 67 images registered
-instead of 67); see the README for the reconstructions. ``ratio_below`` applies the test only to
-pairs in which fewer than that share of the matches pass it (look-alike pairs); at 0.25-0.35 it
-did not help on those scenes (README).
+its best rival farther than ``ratio_radius`` (:func:`distinctiveness_ratios`). It removes most
+matches of look-alike pairs and part of the wrong matches of right pairs, but also correct ones.
+It is not the default because those of repetitive texture are ones the camera estimation leans
+on (pose accuracy drops) and it thins out weak links (images left unregistered); see the README
+for the reconstructions. ``ratio_below`` applies the test only to
+pairs in which fewer than that share of the matches pass it (look-alike pairs); it has not been
+found to help (README).
 
 Coordinates: the package reports cell *corners* (``8 * cell``) and offsets centred on them; we
 shift them to pixel-centre coordinates (``cell_centre_fix``, default on; see ``_refine``). Verified
-against GT on herzjesu-P8 (5 pairs, 1024 px input): median Sampson error 0.67-0.83 px with the fix
-vs 0.77-1.67 px without; and against the exact correspondences of rendered scenes
+against GT epipolar geometry of real pairs (lower Sampson error with the fix) and against the
+exact correspondences of rendered scenes
 (tests/test_matchers.py), which also showed that image0's regressed point lies half an extraction
 pixel further in x and y than the heatmap index says.
 """

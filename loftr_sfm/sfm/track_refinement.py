@@ -5,7 +5,7 @@ Semi-dense matchers place each pair's matches independently: one side on the net
 the other regressed (or photometrically refined) to it. The keypoint merge joins observations of
 one image that lie within a cell, so a track collects points that are each right for *their* pair
 but up to a cell apart from each other; bundle adjustment then averages inconsistent
-observations (XFeat* on castle-P30: 0.66 px mean reprojection error against SIFT's 0.55). This is
+observations (a higher mean reprojection error than a keypoint detector's model). This is
 the idea of keypoint adjustment in Pixel-Perfect SfM (Lindenberger et al., 2021), done with image
 patches instead of learned feature maps:
 
@@ -20,17 +20,11 @@ patches instead of learned feature maps:
    times the median error if that is larger) and points with small triangulation angles are
    filtered, and bundle adjustment runs once more. The mappers keep observations up to 4 px;
    once tracks are consistent, the 1-4 px ones are outliers (wrong merges and matches) rather
-   than noise: on castle-P30 17 % of XFeat*'s track observations are over 1 px from the GT
-   epipolar line of their track's reference observation, 5.5 % of SIFT's.
+   than noise.
 
-Measured (``pipelines/evaluate_track_refinement.py``, the models of the README's grid, GT poses):
-XFeat* on castle-P30 with the GT calibration 0.059 -> 0.046 deg median rotation error, AUC@1
-0.883 -> 0.916 (SIFT unrefined: 0.041 deg, 0.919); herzjesu-P8 0.107 -> 0.082 deg, 0.871 -> 0.927
-(SIFT 0.144 deg, 0.938); the synthetic scene of ``tests/test_synthetic_e2e.py`` 0.040 -> 0.017
-deg. Within a track, the median distance of an observation to the GT epipolar line of its
-reference drops from 0.18 to 0.11 px on castle (synthetic, against ray-cast truth: 0.83 -> 0.05
-px). SIFT's detections gain nothing from it (castle AUC@1 0.342 -> 0.305 with estimated
-intrinsics), so the mapping stage's ``refine_tracks=auto`` leaves SIFT models alone.
+Semi-dense models gain pose accuracy from it (``pipelines/evaluate_track_refinement.py`` measures
+it; numbers in ``docs/``). A detector's keypoints (SIFT) are already consistent across views and
+gain nothing, so the mapping stage's ``refine_tracks=auto`` leaves SIFT models alone.
 
 Memory is bounded by processing tracks in chunks (``chunk_tracks`` templates at a time; one
 image's gradient stack at a time). Coordinates: COLMAP convention in the model (pixel centre at
@@ -241,7 +235,7 @@ def bundle_adjust(rec, refine_focal_length: bool, refine_principal_point: bool, 
     o.ceres.loss_function_scale = loss_scale
     o.ceres.solver_options.num_threads = num_threads
     # stop when the cost changes by < 1e-6 (relative), Ceres' default; COLMAP's 0 runs on to the
-    # iteration limit: castle-P30 (140k observations) 48 s -> 10 s, reprojection error equal to 1e-5 px
+    # iteration limit, several times slower on large models for no gain in reprojection error
     o.ceres.solver_options.function_tolerance = 1e-6
     config = pycolmap.BundleAdjustmentConfig()
     for image_id in rec.reg_image_ids():
