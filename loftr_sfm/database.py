@@ -19,10 +19,13 @@ stage) and ``output/pairs.txt``; writes ``output/database.db`` with
 * matches: validated index ranges, uint32.
 * two-view geometries: pycolmap's geometric verification with a fixed RANSAC seed (existing
   two-view geometries are cleared first, re-verification is otherwise a no-op in pycolmap).
-  Optionally (``min_inlier_ratio``, off by default) a pair whose inliers are fewer than that share
-  of its matches is then rejected (its two-view geometry deleted; the matches stay). Off because
-  true pairs across a strong viewpoint change also have low inlier ratios, and cutting them breaks
-  sparse pair graphs (docs/accuracy.md).
+  A pair whose inliers are fewer than ``min_inlier_ratio`` of its matches is then rejected (its
+  two-view geometry deleted; the matches stay): a semi-dense matcher returns hundreds of matches on
+  images that do not overlap, and RANSAC finds enough of them consistent by chance to pass
+  pycolmap's 15-inlier test; such chance pairs have inlier ratios well under those of right pairs.
+  The default (None) is 0.2 for semi-dense matches, below the lowest ratio of a right pair over
+  the scene suite (docs/accuracy.md), and 0 for ``sift``, whose ratio test leaves few matches on
+  pairs that do not overlap.
 
 Resumable: the database is built in a temporary file and moved into place; a finished database
 whose inputs and options are unchanged is reused (``overwrite`` forces a rebuild). The
@@ -41,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import InputError, atomic_path, image_size, read_pairs
+from .io import InputError, atomic_path, image_size, matches_backend, read_pairs
 from .utils import Timer, merge_config
 from .workspace import MERGED_MATCHES_FILE, record_stage_time
 
@@ -63,7 +66,8 @@ class DatabaseConfig:
     ransac_max_trials: int = 20000
     ransac_min_inlier_ratio: float = 0.1
     min_num_inliers: int = 15
-    min_inlier_ratio: float = 0.0  # reject verified pairs with fewer inliers than this share of matches (0: off)
+    min_inlier_ratio: float | None = None  # reject verified pairs with fewer inliers than this share of matches
+    # (None: 0.2 for semi-dense matches, 0 = off for sift)
     weak_link_pairs: int = 5  # warn where the images before and after a name share <= this many verified pairs (0: off)
     num_threads: int = -1
     verbose: bool = False
@@ -227,8 +231,14 @@ def verify_database(db_path: Path, cfg: DatabaseConfig) -> None:
     pycolmap.geometric_verification(str(db_path), verifier_options=vo, two_view_geometry_options=tvo)
 
 
-def min_inlier_ratio(cfg: DatabaseConfig) -> float:
-    """``cfg.min_inlier_ratio``, checked to be in [0, 1)."""
+#: ``min_inlier_ratio`` of semi-dense matches (module doc); ``sift`` gets 0 (pycolmap's verification as is)
+SEMI_DENSE_MIN_INLIER_RATIO = 0.2
+
+
+def min_inlier_ratio(cfg: DatabaseConfig, matcher: str | None) -> float:
+    """``cfg.min_inlier_ratio``, or its default for the backend ``matcher`` (None: unknown, semi-dense)."""
+    if cfg.min_inlier_ratio is None:
+        return 0.0 if matcher == "sift" else SEMI_DENSE_MIN_INLIER_RATIO
     if not 0.0 <= cfg.min_inlier_ratio < 1.0:
         raise ValueError(f"min_inlier_ratio must be in [0, 1), got {cfg.min_inlier_ratio}")
     return float(cfg.min_inlier_ratio)
@@ -409,7 +419,7 @@ def run_database(output: Path, images: Path, config: DatabaseConfig | None = Non
     for p in (feats_path, matches_path):
         if not p.is_file():
             raise InputError(f"{p} does not exist: run the keypoints stage first")
-    ratio = min_inlier_ratio(cfg) if cfg.verify else 0.0
+    ratio = min_inlier_ratio(cfg, matches_backend(output)) if cfg.verify else 0.0
     if cfg.weak_link_pairs < 0:
         raise ValueError(f"weak_link_pairs must be >= 0 (0: no warning), got {cfg.weak_link_pairs}")
     sig = _signature(output, images, cfg)

@@ -14,6 +14,7 @@ import pycolmap
 import pytest
 
 from loftr_sfm.database import (
+    SEMI_DENSE_MIN_INLIER_RATIO,
     DatabaseConfig,
     database_fingerprint,
     database_stats,
@@ -185,11 +186,14 @@ def test_fingerprint_follows_content_not_the_file(scene, tmp_path):
         database_fingerprint(tmp_path / "junk.db")
 
 
-def test_min_inlier_ratio_is_off_unless_asked():
-    assert min_inlier_ratio(DatabaseConfig()) == 0.0  # pycolmap's verification as it is, for every matcher
-    assert min_inlier_ratio(DatabaseConfig(min_inlier_ratio=0.1)) == 0.1
+def test_min_inlier_ratio_defaults_per_backend():
+    assert min_inlier_ratio(DatabaseConfig(), "sift") == 0.0  # the COLMAP baseline stays pycolmap's verification
+    assert min_inlier_ratio(DatabaseConfig(), "xfeat-star") == SEMI_DENSE_MIN_INLIER_RATIO == 0.2
+    assert min_inlier_ratio(DatabaseConfig(), None) == 0.2  # unknown matches: semi-dense
+    assert min_inlier_ratio(DatabaseConfig(min_inlier_ratio=0.1), "sift") == 0.1
+    assert min_inlier_ratio(DatabaseConfig(min_inlier_ratio=0.0), "eloftr") == 0.0
     with pytest.raises(ValueError, match="min_inlier_ratio"):
-        min_inlier_ratio(DatabaseConfig(min_inlier_ratio=1.5))
+        min_inlier_ratio(DatabaseConfig(min_inlier_ratio=1.5), "eloftr")
 
 
 def test_pair_of_chance_inliers_is_rejected(tmp_path):
@@ -211,10 +215,10 @@ def test_pair_of_chance_inliers_is_rejected(tmp_path):
                         len(db.read_two_view_geometry(ids[p[0]], ids[p[1]]).inlier_matches)
                         if db.exists_two_view_geometry(ids[p[0]], ids[p[1]]) else None) for p in pairs}
 
-    plain = inliers({})  # the default: off
+    plain = inliers({"min_inlier_ratio": 0.0})
     n, k = plain[(a, b)]
     assert n > 1000 and 15 <= k < 0.1 * n  # verified by pycolmap, on chance inliers
-    default = inliers({"min_inlier_ratio": 0.25})
+    default = inliers({})  # matches.h5 says eloftr: 0.2
     assert default[(a, b)] == (n, None)  # rejected, its matches kept
     for p in pairs[1:]:
         assert default[p] == plain[p] and default[p][1] > 0.9 * default[p][0]

@@ -1,0 +1,100 @@
+"""Which verified pairs an inlier-ratio rule would reject, counted against GT.
+
+For every verified pair of a database (two-view geometry with >= 15 inliers), the share of its
+inlier matches that agree with the GT relative pose (Sampson distance under ``--max-error`` px,
+in undistorted coordinates of the GT cameras) says whether the pair is right (> 70 % agree) or
+wrong (< 30 %). The table counts, per threshold of ``inliers / matches``, the right and wrong
+pairs below it: a rejection rule is only worth having where what it rejects is mostly wrong.
+
+Usage:
+    python pipelines/pair_ratio_gt.py --db outputs/suite/castle-P30/xfeat-star/database.db \
+        --gt ../shared/data/castle-P30/gt [--thresholds 0.1 0.15 0.2 0.25] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def pair_agreement(db_path: Path, gt_path: Path, max_error: float = 4.0) -> list[dict]:
+    """Per verified pair: names, matches, inliers, inlier ratio and the share of inliers agreeing with GT."""
+    import pycolmap
+
+    gt = pycolmap.Reconstruction(str(gt_path))
+    gt_images = {im.name: im for im in gt.images.values() if im.has_pose}
+    rows = []
+    with pycolmap.Database.open(str(db_path)) as db:
+        names = {im.image_id: im.name for im in db.read_all_images()}
+        num_matches = dict(zip(*db.read_num_matches()))
+        keypoints: dict[int, np.ndarray] = {}
+        pair_ids, geometries = db.read_two_view_geometries()
+        for pair_id, tvg in zip(pair_ids, geometries):
+            inl = np.asarray(tvg.inlier_matches, np.int64).reshape(-1, 2)
+            if len(inl) < 15:
+                continue
+            a, b = pycolmap.pair_id_to_image_pair(pair_id)
+            if names[a] not in gt_images or names[b] not in gt_images:
+                continue
+            for i in (a, b):
+                if i not in keypoints:
+                    keypoints[i] = np.asarray(db.read_keypoints(i), np.float64)[:, :2]
+            ia, ib = gt_images[names[a]], gt_images[names[b]]
+            x0 = np.asarray(ia.camera.cam_from_img(keypoints[a][inl[:, 0]]), np.float64)
+            x1 = np.asarray(ib.camera.cam_from_img(keypoints[b][inl[:, 1]]), np.float64)
+            rel = ib.cam_from_world() * ia.cam_from_world().inverse()
+            R, t = rel.rotation.matrix(), np.asarray(rel.translation)
+            t = t / max(np.linalg.norm(t), 1e-12)
+            E = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]]) @ R
+            h0, h1 = np.c_[x0, np.ones(len(x0))], np.c_[x1, np.ones(len(x1))]
+            Ex0, Etx1 = h0 @ E.T, h1 @ E
+            num = np.einsum("ij,ij->i", h1, Ex0) ** 2
+            den = Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2 + Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2
+            focal = 0.5 * (ia.camera.mean_focal_length() + ib.camera.mean_focal_length())
+            err = np.sqrt(num / np.maximum(den, 1e-300)) * focal
+            rows.append({"pair": [names[a], names[b]], "matches": int(num_matches.get(pair_id, len(inl))),
+                         "inliers": len(inl), "ratio": len(inl) / max(int(num_matches.get(pair_id, len(inl))), 1),
+                         "agree": float(np.mean(err < max_error))})
+    return rows
+
+
+def count_below(rows: list[dict], thresholds: list[float]) -> list[dict]:
+    """Right (> 70 % agree) and wrong (< 30 %) pairs under each inlier-ratio threshold, and in all."""
+    right = [r for r in rows if r["agree"] > 0.7]
+    wrong = [r for r in rows if r["agree"] < 0.3]
+    out = [{"threshold": "all", "right": len(right), "wrong": len(wrong), "pairs": len(rows)}]
+    for t in thresholds:
+        out.append({"threshold": t, "right": sum(r["ratio"] < t for r in right),
+                    "wrong": sum(r["ratio"] < t for r in wrong), "pairs": sum(r["ratio"] < t for r in rows)})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--db", type=Path, required=True, nargs="+")
+    ap.add_argument("--gt", type=Path, required=True, nargs="+", help="one GT model per database, same order")
+    ap.add_argument("--thresholds", type=float, nargs="+", default=[0.1, 0.15, 0.2, 0.25])
+    ap.add_argument("--max-error", type=float, default=4.0)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if len(args.db) != len(args.gt):
+        ap.error("give one --gt per --db")
+    result = {}
+    print("| database | ratio below | right pairs | wrong pairs | pairs |\n|---|---|---|---|---|")
+    for db, gt in zip(args.db, args.gt):
+        rows = pair_agreement(db, gt, args.max_error)
+        counts = count_below(rows, args.thresholds)
+        result[str(db)] = {"pairs": rows, "counts": counts}
+        for c in counts:
+            print(f"| {db.parent.parent.name} | {c['threshold']} | {c['right']} | {c['wrong']} | {c['pairs']} |")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
