@@ -21,7 +21,7 @@ PRINCIPAL_POINT_MIN_IMAGES = 5
 class CameraOptions:
     """Intrinsics: what bundle adjustment refines, and cameras shared by images after mapping."""
 
-    refine_focal_length: bool = True
+    refine_focal_length: bool = True  # bundle adjustment refines focal lengths (False: a known calibration)
     refine_principal_point: bool | None = None  # None: auto, refined for cameras shared by >= 5 images
     refine_extra_params: bool = True  # distortion
     share_cameras: bool = True  # images of one size whose estimated cameras agree get one camera
@@ -45,11 +45,11 @@ class MappingConfig:
     """Options of the mapping stage (``run_mapping``)."""
 
     mapper: Mapper = "incremental"  # pycolmap mapper: incremental | global
-    fallback: bool = True  # one run of the other mapper when the first registers too few images
-    min_registered: float = 0.9  # ... fewer than this share of the database's images
+    fallback: bool = True  # run the other mapper once if the first registers fewer than min_registered of the images
+    min_registered: float = 0.9  # share of the database's images under which the fallback runs
     seed: int = 0  # the mappers' random seed
     min_num_matches: int = 15  # pairs with fewer verified inliers are ignored by the mapper
-    num_threads: int = -1
+    num_threads: int = -1  # -1: every core
     cameras: CameraOptions = field(default_factory=CameraOptions)
     refinement: RefinementOptions = field(default_factory=RefinementOptions)
     verbose: bool = False  # pycolmap's own log
