@@ -32,6 +32,9 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm")
+# photo formats that are not read (HEIC/HEIF, AVIF, camera RAW): listed once in a warning, never skipped silently
+UNREAD_PHOTO_EXTENSIONS = (".heic", ".heif", ".avif", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2")
+_warned_unread: set[str] = set()
 
 
 class ImageReadError(ValueError):
@@ -53,12 +56,14 @@ def list_images(root: str | Path, recursive: bool = True) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"image folder {root} does not exist or is not a directory")
-    it = root.rglob("*") if recursive else root.glob("*")
-    names = sorted(
-        p.relative_to(root).as_posix()
-        for p in it
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    )
+    files = [p for p in (root.rglob("*") if recursive else root.glob("*"))
+             if p.is_file() and not p.name.startswith(".")]
+    names = sorted(p.relative_to(root).as_posix() for p in files if p.suffix.lower() in IMAGE_EXTENSIONS)
+    unread = sorted(p.relative_to(root).as_posix() for p in files if p.suffix.lower() in UNREAD_PHOTO_EXTENSIONS)
+    if unread and str(root) not in _warned_unread:
+        _warned_unread.add(str(root))
+        logger.warning("%d photo(s) in %s are in a format this library does not read (HEIC, AVIF, camera RAW) and are "
+                       "left out; convert them to JPEG or PNG: %s", len(unread), root, ", ".join(unread[:10]))
     if not names:
         raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {root}")
     return names

@@ -145,3 +145,11 @@ def test_colliding_hdf5_keys_are_refused_before_any_work(tmp_path):
     (tmp_path / "pairs.txt").write_text("a/0001.jpg b.jpg\na-0001.jpg b.jpg\n")
     with pytest.raises(InputError, match="share an HDF5 key"):
         read_pairs(tmp_path / "pairs.txt")
+
+
+def test_photos_in_unread_formats_are_named_in_a_warning(tmp_path, caplog):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.jpg")
+    (tmp_path / "b.HEIC").write_bytes(b"ftypheic")
+    (tmp_path / "notes.txt").write_text("x")
+    assert io.list_images(tmp_path) == ["a.jpg"]
+    assert "b.HEIC" in caplog.text and "convert them" in caplog.text and "notes.txt" not in caplog.text
