@@ -106,12 +106,14 @@ def run_one(scene: str, matcher: str, args) -> dict:
     map_images, query_images = work / "map_images", work / "queries"
     link_images(data / "images", map_images, map_names)
     link_images(data / "images", query_images, queries)
-    tag = matcher + ("_gtK" if args.gt_intrinsics else "")
+    tag = matcher + ("_gtK" if args.gt_intrinsics else "_defaults" if args.defaults else "")
     map_dir = work / f"map_{tag}"
     loc_dir = work / f"loc_{tag}"
 
     database = {"camera_mode": "single"}
     loc_cfg = {"matcher": matcher, "num_retrieved": args.num_retrieved, "camera_source": "map"}
+    if args.defaults:  # what a user gets: one camera per image in the database, the query camera by the auto rule
+        database, loc_cfg = {}, {"matcher": matcher, "num_retrieved": args.num_retrieved}
     if args.gt_intrinsics:
         model, params = gt_camera_params(data / "gt")
         database.update(camera_model=model, camera_params=params)
@@ -143,6 +145,17 @@ def run_one(scene: str, matcher: str, args) -> dict:
     ev = evaluate_localization(loc_dir / "poses.txt", gt, queries=queries, map_reconstruction=map_dir / "model")
     times = [r.time for r in results]
     mtimes = [r.matching_time for r in results]
+    # photos of other places: every pose given to one of them is a false pose
+    negatives = [(other, n) for other in args.negatives if other != scene
+                 for n in list_images(args.data / other / "images")[: args.num_negatives]]
+    false_poses = 0
+    if negatives:
+        neg_dir = work / f"negatives_{tag}"
+        link_images(args.data, neg_dir / "images", [f"{o}/images/{n}" for o, n in negatives])
+        neg = loc.localize(neg_dir / "images", neg_dir / "poses.txt")
+        false_poses = sum(r.success for r in neg)
+        logger.info("%s / %s: %d of %d photos of other scenes got a pose (%s)", scene, matcher, false_poses,
+                    len(neg), ", ".join(f"{r.name}: {r.num_inliers} inliers" for r in neg if r.success))
     row = {
         "scene": scene,
         "matcher": matcher,
@@ -157,6 +170,7 @@ def run_one(scene: str, matcher: str, args) -> dict:
         # GT units (metres for Strecha; arbitrary for fox): median camera distance to the median centre
         "gt_extent": scene_extent(camera_centers(gt, sorted(gt))),
         "s_per_query": sum(times) / max(len(times), 1),
+        "false_poses": f"{false_poses}/{len(negatives)}",
         "matching_share": sum(mtimes) / max(sum(times), 1e-9),
         "map_seconds": map_seconds,
         "localize_seconds": loc_seconds,
@@ -177,7 +191,7 @@ COLUMNS = [
     ("localized", "localized"), ("queries", "queries"),
     ("recall@0.25m,2deg", "0.25m,2°"), ("recall@0.5m,5deg", "0.5m,5°"), ("recall@5m,10deg", "5m,10°"),
     ("rot_med_deg", "med rot [°]"), ("pos_med", "med pos [GT units]"), ("gt_extent", "GT extent"),
-    ("s_per_query", "s/query"),
+    ("s_per_query", "s/query"), ("false_poses", "false poses"),
     ("matching_share", "matching share"),
 ]
 
@@ -209,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-workers", type=int, default=2, help="image decoding workers of the map matching")
     ap.add_argument("--max-queries", type=int, default=0, help="evaluate only the first N queries (0 = all)")
     ap.add_argument("--gt-intrinsics", action="store_true", help="map and queries use the GT calibration")
+    ap.add_argument("--defaults", action="store_true",
+                    help="the library's default camera policy for map and queries (else one shared map camera, reused)")
+    ap.add_argument("--negatives", nargs="*", default=[],
+                    help="other scenes whose photos are localized too: each pose given to one is a false pose")
+    ap.add_argument("--num-negatives", type=int, default=4, help="photos per negative scene")
     ap.add_argument("--resume", action="store_true", help="reuse queries already in the localization log")
     ap.add_argument("--table", type=Path, default=None, help="append rows to this markdown file")
     args = ap.parse_args(argv)
