@@ -91,6 +91,9 @@ class LocalizationConfig:
     max_keypoint_error: float = field(default=2.0, metadata={"help": "px, map-side match -> map keypoint"})
     ransac_max_error: float = field(default=12.0, metadata={"help": "px, absolute pose RANSAC threshold"})
     min_inliers: int = field(default=12, metadata={"help": "fewer PnP inliers = failed query"})
+    min_inlier_ratio: float = field(
+        default=0.1, metadata={"help": "fewer PnP inliers than this share of the 2D-3D matches = failed query (a "
+                                       "photo of another place: chance poses)"})
     seed: int = field(default=0, metadata={"help": "RANSAC seed"})
     camera_source: Literal["auto", "map", "estimate"] = field(
         default="auto", metadata={"help": "auto | map | estimate (auto: user > EXIF > the map's camera of the query's size "
@@ -114,6 +117,8 @@ def _validate(c: LocalizationConfig) -> None:
         raise ValueError("max_keypoint_error and ransac_max_error must be > 0")
     if c.camera_params is not None and c.camera_source == "estimate":
         raise ValueError("camera_params are given but camera_source=estimate would ignore them")
+    if not 0.0 <= c.min_inlier_ratio < 1.0:
+        raise ValueError(f"min_inlier_ratio must be in [0, 1), got {c.min_inlier_ratio}")
 
 
 @dataclass
@@ -696,13 +701,15 @@ class Localizer:
             if ret is not None and (best is None or ret["num_inliers"] > best[0]["num_inliers"]):
                 best = (ret, q, ids, group)
         result.pose_time = time.perf_counter() - t0
-        if best is None or best[0]["num_inliers"] < c.min_inliers:
+        # a pose must beat chance: RANSAC finds a few percent of the 2D-3D matches of an unrelated photo consistent
+        need = c.min_inliers if best is None else max(c.min_inliers, int(np.ceil(c.min_inlier_ratio * len(best[2]))))
+        if best is None or best[0]["num_inliers"] < need:
             n_in = 0 if best is None else int(best[0]["num_inliers"])
             result.success = False
             result.num_inliers = n_in
             result.message = (
-                f"pose estimation failed ({result.num_2d3d} 2D-3D correspondences, {n_in} inliers, "
-                f"need {c.min_inliers})"
+                f"pose estimation failed ({result.num_2d3d} 2D-3D correspondences, {n_in} inliers, need {need}"
+                f"{'' if need == c.min_inliers else f' = {c.min_inlier_ratio:g} of them'}: not this place?)"
             )
             return result
         ret, q, ids, group = best

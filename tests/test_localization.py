@@ -403,3 +403,28 @@ def test_the_matcher_defaults_to_the_maps(tmp_path, scene):
     (m / "summary.json").write_text(json.dumps({"matcher": "xfeat-star"}))
     assert Localizer(m, m / "images").matcher_name == "xfeat-star"
     assert Localizer(m, m / "images", {"matcher": "sift"}).matcher_name == "sift"  # the user's word wins
+
+
+def test_a_pose_must_beat_chance(scene):
+    """A few consistent matches among hundreds of others (what RANSAC finds in a photo of another place: 10-21
+    inliers of ~500-860 2D-3D matches against a real map) are no pose; the same query with the ratio off is."""
+    gt, root, query = scene
+    rng = np.random.default_rng(2)
+    cam = next(i for i in gt.images.values() if i.name == query).camera
+    strict = Localizer(root, root / "images", LocalizationConfig(num_retrieved=50, matcher="sift"))
+    matches = synthetic_matches(gt, strict, query, strict.names[:3], rng, outliers=0.0)
+    sparse = {}
+    for k, (n, (kq, km, sc)) in enumerate(matches.items()):  # 15 true matches (other points per pair) and 300
+        true = slice(15 * k, 15 * k + 15)  # wrong ones on map keypoints with a 3D point
+        kp = strict.map[n].keypoints
+        wrong_q = rng.uniform([0, 0], [W, H], (300, 2))
+        sparse[n] = (np.vstack([kq[true], wrong_q]), np.vstack([km[true], kp[rng.integers(0, len(kp), 300)]]),
+                     np.ones(315))
+    res = strict.localize_from_matches(QueryResult(query), sparse, cam, focal_known=True)
+    assert not res.success and res.R is None and "not this place?" in res.message
+    assert 12 <= res.num_inliers < 0.1 * res.num_2d3d
+    lax = Localizer(root, root / "images", LocalizationConfig(num_retrieved=50, matcher="sift", min_inlier_ratio=0.0))
+    res = lax.localize_from_matches(QueryResult(query), sparse, cam, focal_known=True)
+    assert res.success and res.num_inliers >= 12
+    with pytest.raises(ValueError, match="min_inlier_ratio"):
+        Localizer(root, root / "images", {"min_inlier_ratio": 1.5})
