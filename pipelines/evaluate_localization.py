@@ -159,7 +159,7 @@ def run_one(scene: str, matcher: str, args) -> dict:
     row = {
         "scene": scene,
         "matcher": matcher,
-        "intrinsics": "GT" if args.gt_intrinsics else "map (estimated)",
+        "intrinsics": "GT" if args.gt_intrinsics else "defaults" if args.defaults else "map (estimated)",
         "map_registered": rec_eval.row()["registered"],
         "map_rot_med_deg": rec_eval.rotation_error["median"],
         "queries": ev.num_queries,
