@@ -13,6 +13,7 @@ def _suite():
     sys.path.insert(0, str(REPO / "pipelines"))
     spec = importlib.util.spec_from_file_location("scene_suite", REPO / "pipelines" / "scene_suite.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["scene_suite"] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 

@@ -174,7 +174,7 @@ def test_a_shared_camera_recovers_an_offset_principal_point(tmp_path):
     for mode, share in (("per_image", False), ("per_image", True), ("single", True)):
         out = tmp_path / f"{mode}_{share}"
         out.mkdir()
-        for name in ("pairs.txt", "matches.h5", "features.h5"):
+        for name in ("pairs.txt", "matches.h5", "merged_matches.h5", "features.h5"):
             shutil.copy2(tmp_path / name, out / name)
         run_database(out, tmp_path / "images", DatabaseConfig(camera_mode=mode))
         s = run_mapping(out, tmp_path / "images", merge_config(MappingConfig, refine_tracks="off", share_cameras=share))
