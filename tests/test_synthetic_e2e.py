@@ -134,10 +134,12 @@ def test_presets_of_other_backends(tmp_path, preset, scene_kw):
     run_database(tmp_path, tmp_path / "images")
     s = run_mapping(tmp_path, tmp_path / "images", merge_config(MappingConfig, mapper="incremental"))
     assert s["registered"] == 8 and s["duplicate_observations"] == 0
-    if preset == "sift":  # repeatable detections: long tracks; refine_tracks=auto is off for sift
-        assert s["mean_track_length"] > 4.0 and s["track_refinement"] is None
+    assert s["track_refinement"] is None  # opt-in
+    if preset == "sift":  # repeatable detections: long tracks
+        assert s["mean_track_length"] > 4.0
     errs = rotation_errors(tmp_path / "model", tmp_path / "gt")
-    assert np.median(list(errs.values())) < 0.1
+    # the XFeat*-like scene has 0.6 px noise on one side of every match: 0.13-0.15 deg without track refinement
+    assert np.median(list(errs.values())) < (0.2 if preset == "xfeat-star" else 0.1)
 
 
 def test_relative_filtering_with_a_known_calibration(scene, tmp_path):
