@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "datasets"))
 
 STAGES = ["match", "keypoints", "database", "map"]
-COMMON = {"match": ["--matcher", "xfeat-star", "--num-workers", "0"]}
+# one mapper thread: pycolmap's multithreaded mappers are not deterministic, a rerun could not be compared
+COMMON = {"match": ["--matcher", "xfeat-star", "--num-workers", "0"], "map": ["--num-threads", "1"]}
 
 
 def run_stage(stage: str, out: Path, images: Path) -> subprocess.Popen:
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("outputs/kill"))
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--stages", nargs="+", default=STAGES, choices=STAGES)
-    ap.add_argument("--images", type=int, default=10)
+    ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--tolerance", type=float, default=0.05, help="deg, median rotation difference to the reference")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     scene = args.work / "scene"
     if not (scene / "synthetic.json").is_file():
-        synthetic.generate(scene, synthetic.SceneConfig(num_images=args.images, width=320, height=240, focal=270.0,
+        synthetic.generate(scene, synthetic.SceneConfig(num_images=args.images, width=480, height=360, focal=400.0,
                                                         seed=args.seed, antialias=2))
     images = scene / "images"
     # reference: a snapshot of the folder before each stage, and the finished model
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             if out.exists():
                 shutil.rmtree(out)
             shutil.copytree(snapshots[stage], out)
-            delay = rng.uniform(0.2, 0.95) * times[stage] + 0.8  # the interpreter's start-up first
+            delay = rng.uniform(0.1, 0.95) * times[stage]  # the stage's whole process time, start-up included
             proc = run_stage(stage, out, images)
             time.sleep(delay)
             killed = proc.poll() is None
