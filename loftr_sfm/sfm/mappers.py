@@ -11,7 +11,6 @@ model with more registered images (then more points) is kept. Nothing is removed
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -111,7 +110,6 @@ def map_database(db_path: Path, images: Path, cfg: MappingConfig, cameras: Camer
                 logger.warning("mapping: the %s mapper registered %d of %d images; trying the %s mapper once",
                                mapper, registered, num_images, other)
                 order.append(other)
-        shutil.rmtree(tmp, ignore_errors=True)
     if best is None:
         return None, attempts
     attempts[best[1]]["chosen"] = True
