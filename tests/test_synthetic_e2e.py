@@ -192,8 +192,9 @@ def test_a_shared_camera_recovers_an_offset_principal_point(tmp_path):
             assert abs(cx - 218.0) < 1.0 and abs(cy - 138.0) < 1.0 and abs(f - 330) < 2.0, (out.name, f, cx, cy)
     shared = json.loads((tmp_path / "per_image_True" / "summary.json").read_text())["shared_cameras"]
     assert shared["groups"] == [8] and shared["principal_point_refined"] and shared["rejected"] == []
-    assert errors["single_True"] < 0.05 < 0.5 < errors["per_image_False"], errors
-    assert errors["per_image_True"] < 0.05, errors
+    # without track refinement (opt-in) the multithreaded mapper gives 0.02-0.09 deg from run to run
+    assert errors["single_True"] < 0.15 < 0.5 < errors["per_image_False"], errors
+    assert errors["per_image_True"] < 0.15, errors
 
 
 def test_cameras_of_different_focal_lengths_stay_apart(tmp_path):
