@@ -34,11 +34,13 @@ signature lives in ``output/.database.json``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -327,17 +329,25 @@ def read_stage_stats(output: Path) -> dict:
     return stats if isinstance(stats, dict) else {}
 
 
+@contextlib.contextmanager
+def read_only(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """An SQLite connection to ``db_path`` that cannot write: pycolmap rewrites the file whenever it opens a
+    database, even only to read it, which would make later stages think it changed."""
+    con = sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
 def _intact(db_path: Path, stats: dict) -> bool:
     """Whether ``db_path`` is a readable SQLite database with the images and pairs ``stats`` recorded for it."""
     try:
-        con = sqlite3.connect(Path(db_path).resolve().as_uri() + "?mode=ro", uri=True)
-        try:
+        with read_only(db_path) as con:
             if con.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 return False
             images = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
             pairs = con.execute("SELECT COUNT(*) FROM matches WHERE rows > 0").fetchone()[0]
-        finally:
-            con.close()
     except sqlite3.Error:
         return False
     return images == stats.get("images") and pairs == stats.get("matched_pairs")
@@ -373,8 +383,7 @@ def database_fingerprint(db_path: Path) -> str:
     """
 
     h = hashlib.blake2b(digest_size=16)
-    con = sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?mode=ro", uri=True)
-    try:
+    with read_only(db_path) as con:
         tables = [t for (t,) in con.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
         for table in tables:
@@ -386,17 +395,25 @@ def database_fingerprint(db_path: Path) -> str:
                         h.update(v)
                     else:
                         h.update(f"{type(v).__name__}:{v!r};".encode())
-    finally:
-        con.close()
     return h.hexdigest()
 
 
 def image_ids_by_name(db_path: Path) -> dict[str, int]:
-    """{image name: image id} of a database (map by name, never assume id order)."""
-    import pycolmap
+    """{image name: image id} of a database (map by name, never assume id order); read-only."""
+    try:
+        with read_only(db_path) as con:
+            return dict(con.execute("SELECT name, image_id FROM images").fetchall())
+    except sqlite3.DatabaseError as e:
+        raise InputError(f"{db_path} is not a COLMAP database ({e}): run the database stage again") from None
 
-    with pycolmap.Database.open(str(db_path)) as db:
-        return {im.name: im.image_id for im in db.read_all_images()}
+
+def images_per_camera(db_path: Path) -> dict[int, int]:
+    """{camera_id: number of images} of a database; read-only."""
+    try:
+        with read_only(db_path) as con:
+            return dict(con.execute("SELECT camera_id, COUNT(*) FROM images GROUP BY camera_id").fetchall())
+    except sqlite3.DatabaseError as e:
+        raise InputError(f"{db_path} is not a COLMAP database ({e}): run the database stage again") from None
 
 
 def run_database(output: Path, images: Path, config: DatabaseConfig | None = None) -> Path:
@@ -479,4 +496,4 @@ def run_database(output: Path, images: Path, config: DatabaseConfig | None = Non
 __all__ = ["DatabaseConfig", "CAMERA_MODES", "SEMI_DENSE_MIN_INLIER_RATIO", "make_cameras", "write_database",
            "verify_database", "min_inlier_ratio", "reject_low_inlier_ratio", "weak_links", "database_stats",
            "STATS_FILE", "read_stage_stats",
-           "image_ids_by_name", "run_database"]
+           "image_ids_by_name", "images_per_camera", "read_only", "run_database"]

@@ -297,3 +297,14 @@ def test_a_damaged_or_emptied_database_is_built_again(scene, tmp_path):
     (out / "database.db").write_bytes(b"")  # deleted and re-created empty
     run_database(out, scene / "images")
     assert database_stats(out / "database.db") == good
+
+
+def test_reading_names_and_cameras_leaves_the_file_untouched(scene):
+    from loftr_sfm.database import images_per_camera
+
+    db_path = scene / "database.db"
+    before = (db_path.stat().st_mtime_ns, db_path.read_bytes())
+    ids = image_ids_by_name(db_path)
+    per_camera = images_per_camera(db_path)
+    assert len(ids) == 6 and sum(per_camera.values()) == 6
+    assert (db_path.stat().st_mtime_ns, db_path.read_bytes()) == before

@@ -11,14 +11,11 @@ included; a group whose reprojection error rises by more than
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
-from ..io import InputError
 from .options import PRINCIPAL_POINT_MIN_IMAGES, CameraOptions
 
 logger = logging.getLogger(__name__)
@@ -32,20 +29,9 @@ RADIAL_UPGRADE = {"SIMPLE_RADIAL": "RADIAL", "SIMPLE_RADIAL_FISHEYE": "RADIAL_FI
 
 
 def model_images_per_camera(rec) -> dict[int, int]:
-    """{camera_id: number of registered images} of a model (:func:`images_per_camera` for a database)."""
+    """{camera_id: number of registered images} of a model (:func:`loftr_sfm.database.images_per_camera` for a database)."""
     ids, counts = np.unique([rec.image(i).camera_id for i in rec.reg_image_ids()], return_counts=True)
     return {int(c): int(n) for c, n in zip(ids, counts)}
-
-
-def images_per_camera(db_path: Path) -> dict[int, int]:
-    """{camera_id: number of images} of a COLMAP database, read-only (opening it with pycolmap touches the file)."""
-    con = sqlite3.connect(Path(db_path).resolve().as_uri() + "?mode=ro", uri=True)
-    try:
-        return dict(con.execute("SELECT camera_id, COUNT(*) FROM images GROUP BY camera_id").fetchall())
-    except sqlite3.DatabaseError as e:
-        raise InputError(f"{db_path} is not a COLMAP database ({e}): run the database stage again") from None
-    finally:
-        con.close()
 
 
 def resolve_principal_point(cameras: CameraOptions, images_per_camera: Mapping[int, int]) -> CameraOptions:

@@ -21,11 +21,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from ..database import database_fingerprint, image_ids_by_name
+from ..database import database_fingerprint, image_ids_by_name, images_per_camera
 from ..io import InputError, atomic_path, matches_backend
 from ..utils import Timer, merge_config
 from ..workspace import read_stage_times, record_stage_time
-from .cameras import images_per_camera, model_images_per_camera, resolve_principal_point, share_cameras
+from .cameras import model_images_per_camera, resolve_principal_point, share_cameras
 from .mappers import map_database
 from .model import model_stats, quiet_pycolmap, write_model
 from .options import MappingConfig
