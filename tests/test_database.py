@@ -302,7 +302,7 @@ def test_a_damaged_or_emptied_database_is_built_again(scene, tmp_path):
 def test_reading_names_and_cameras_leaves_the_file_untouched(scene):
     from loftr_sfm.database import images_per_camera
 
-    db_path = scene / "database.db"
+    db_path = run_database(scene, scene / "images")
     before = (db_path.stat().st_mtime_ns, db_path.read_bytes())
     ids = image_ids_by_name(db_path)
     per_camera = images_per_camera(db_path)
