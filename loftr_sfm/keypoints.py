@@ -809,30 +809,32 @@ def run_keypoints(output: Path, images: Path | None = None, config: KeypointsCon
                 f" -> {matcher}" if matcher else "")
     pairs = read_pairs(pairs_path)
     names = sorted({n for p in pairs for n in p})
-    size_of: dict[str, tuple[int, int]] = {}
     if images is not None:
         all_names = list_images(images)
         known = set(all_names)
         unknown = [n for n in names if n not in known]
         if unknown:
             raise InputError(f"{pairs_path} names image(s) not in {images}: {', '.join(unknown[:5])}")
-        unreadable = []
-        for n in all_names:
-            try:
-                size_of[n] = image_size(Path(images) / n)
-            except ImageReadError as e:
-                unreadable.append(f"{n} ({e})")
-        if unreadable:  # the matching stage skipped them too: the others go on without them
-            logger.warning("keypoints: %d unreadable image(s) left out: %s", len(unreadable), "; ".join(unreadable[:10]))
-        names = [n for n in all_names if n in size_of]
-        pairs = [p for p in pairs if p[0] in size_of and p[1] in size_of]
-    index = {n: i for i, n in enumerate(names)}
+        names = all_names
     # the size/mtime of matches.h5 (and of merged_matches.h5) are stored in features.h5; any later change
     # (e.g. the matching stage added pairs) triggers a recompute.
     sig = _signature(pairs_path, cfg, names + [f"cell={cell} err={err}"])
     if not cfg.overwrite and _is_done(features_path, matches_path, output / MERGED_MATCHES_FILE, sig):
         logger.info("keypoints: %s is up to date, skipping (use overwrite to recompute)", features_path)
         return features_path
+    size_of: dict[str, tuple[int, int]] = {}
+    if images is not None:
+        unreadable = []
+        for n in names:
+            try:
+                size_of[n] = image_size(Path(images) / n)
+            except ImageReadError as e:
+                unreadable.append(f"{n} ({e})")
+        if unreadable:  # the matching stage skipped them too: the others go on without them
+            logger.warning("keypoints: %d unreadable image(s) left out: %s", len(unreadable), "; ".join(unreadable[:10]))
+        names = [n for n in names if n in size_of]
+        pairs = [p for p in pairs if p[0] in size_of and p[1] in size_of]
+    index = {n: i for i, n in enumerate(names)}
     timer = Timer().__enter__()
     pair_images, keys = [], []
     missing = 0
