@@ -1,4 +1,8 @@
-"""Hold-out localization benchmark: castle-P30 and fox, every third image a query.
+"""Hold-out localization benchmark: queries never part of the map, from its viewpoints or new ones.
+
+Queries: every third image of a GT scene (default), pairs of neighbouring images (``--split blocks``:
+viewpoints the map lacks), the same at another resolution (``--query-scale 0.5``), or the synthetic
+scene ``syn-ring-newpos`` whose queries are rendered from new positions (closer, other heights).
 
 For each scene and matcher:
 
@@ -58,14 +62,82 @@ SCENES = {
     "castle-P30": {"pairs": {"method": "exhaustive"}},
     "herzjesu-P8": {"pairs": {"method": "exhaustive"}},
     "fox": {"pairs": {"method": "sequential", "num_neighbors": 6, "loop_closure": True}},
+    "syn-ring-newpos": {"pairs": {"method": "retrieval", "num_neighbors": 8}},
 }
 
 
-def split(names: list[str], every: int = 3, offset: int = 1) -> tuple[list[str], list[str]]:
-    """(map names, query names): query when ``index % every == offset``."""
-    queries = [n for i, n in enumerate(names) if i % every == offset]
+def split(names: list[str], how: str = "every3") -> tuple[list[str], list[str]]:
+    """(map names, query names) by name order.
+
+    ``every3``: a query when ``index % 3 == 1`` (each query between two map neighbours);
+    ``blocks``: a query when ``index % 6`` is 2 or 3 (queries come in pairs, so a query's nearest map
+    images are two steps away: viewpoints the map does not have); ``prefix``: names starting with
+    ``q_`` are queries (synthetic scenes whose queries were rendered from new positions).
+    """
+    if how == "prefix":
+        queries = [n for n in names if n.startswith("q_")]
+    elif how == "blocks":
+        queries = [n for i, n in enumerate(names) if i % 6 in (2, 3)]
+    elif how == "every3":
+        queries = [n for i, n in enumerate(names) if i % 3 == 1]
+    else:
+        raise ValueError(f"unknown split {how!r}")
     qs = set(queries)
     return [n for n in names if n not in qs], queries
+
+
+def synthetic_newpos(root: Path, num_map: int = 24, num_queries: int = 8) -> Path:
+    """A synthetic ring scene whose queries are rendered from new positions -> ``root`` (images/, gt/).
+
+    The map: ``num_map`` cameras on a ring of radius 6 around the scene (``img_*``); the queries: ``num_queries``
+    cameras on a ring of radius 4.5 (closer, other heights: ``q_*``), same planes and textures (same seed).
+    """
+    import shutil
+
+    import pycolmap
+
+    sys.path.insert(0, str(REPO / "datasets"))
+    import synthetic
+
+    if (root / "gt" / "images.txt").is_file():
+        return root
+    base = dict(layout="ring", width=640, height=480, focal=520.0, seed=11)
+    synthetic.generate(root / "map", synthetic.SceneConfig(num_images=num_map, radius=6.0, **base))
+    synthetic.generate(root / "q", synthetic.SceneConfig(num_images=num_queries, radius=4.5, **base))
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    gt = pycolmap.Reconstruction()
+    for part, prefix in (("map", ""), ("q", "q_")):
+        rec = pycolmap.Reconstruction(str(root / part / "gt"))
+        for im in rec.images.values():
+            shutil.copy(root / part / "images" / im.name, root / "images" / (prefix + im.name))
+            cam = rec.cameras[im.camera_id]
+            cam_id = len(gt.cameras) + 1
+            gt.add_camera_with_trivial_rig(pycolmap.Camera(camera_id=cam_id, model=cam.model, width=cam.width,
+                                                           height=cam.height, params=cam.params))
+            gt.add_image_with_trivial_frame(pycolmap.Image(name=prefix + im.name, camera_id=cam_id,
+                                                           image_id=len(gt.images) + 1), im.cam_from_world())
+    (root / "gt").mkdir(exist_ok=True)
+    gt.write_text(str(root / "gt"))
+    return root
+
+
+def link_queries(src: Path, dst: Path, names: list[str], scale: float) -> None:
+    """The queries in ``dst``: links to the originals, or copies resized by ``scale`` (PNG, same names)."""
+    if scale == 1.0:
+        return link_images(src, dst, names)
+    from PIL import Image
+
+    for n in names:
+        target = dst / n
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            with Image.open(src / n) as im:
+                w, h = im.size
+                im.convert("RGB").resize((round(w * scale), round(h * scale)), Image.LANCZOS).save(
+                    target, format="PNG")
+
+
+SYNTHETIC_NEWPOS = "syn-ring-newpos"  # generated in WORK (synthetic_newpos): queries from new positions
 
 
 def link_images(src: Path, dst: Path, names: list[str]) -> None:
@@ -97,18 +169,23 @@ def build_map(images: Path, output: Path, **configs) -> dict:
 def run_one(scene: str, matcher: str, args) -> dict:
     from loftr_sfm.localization import Localizer
 
-    data = args.data / scene
+    work = args.work / scene
+    data = synthetic_newpos(work / "data") if scene == SYNTHETIC_NEWPOS else args.data / scene
     names = list_images(data / "images")
-    map_names, queries = split(names)
+    how = "prefix" if scene == SYNTHETIC_NEWPOS else args.split
+    map_names, queries = split(names, how)
     if args.max_queries:
         queries = queries[: args.max_queries]
-    work = args.work / scene
-    map_images, query_images = work / "map_images", work / "queries"
+    map_images = work / ("map_images" if how in ("every3", "prefix") else f"map_images_{how}")
+    query_images = work / ("queries" if how == "every3" and args.query_scale == 1.0
+                           else f"queries_{how}_x{args.query_scale:g}")
     link_images(data / "images", map_images, map_names)
-    link_images(data / "images", query_images, queries)
+    link_queries(data / "images", query_images, queries, args.query_scale)
     tag = matcher + ("_gtK" if args.gt_intrinsics else "_defaults" if args.defaults else "")
+    if how not in ("every3", "prefix"):
+        tag += f"_{how}"  # another map
     map_dir = work / f"map_{tag}"
-    loc_dir = work / f"loc_{tag}"
+    loc_dir = work / f"loc_{tag}" if args.query_scale == 1.0 else work / f"loc_{tag}_x{args.query_scale:g}"
 
     database = {"camera_mode": "single"}
     loc_cfg = {"matcher": matcher, "num_retrieved": args.num_retrieved, "camera_source": "map"}
@@ -158,6 +235,7 @@ def run_one(scene: str, matcher: str, args) -> dict:
                     len(neg), ", ".join(f"{r.name}: {r.num_inliers} inliers" for r in neg if r.success))
     row = {
         "scene": scene,
+        "split": how + (f", queries x{args.query_scale:g}" if args.query_scale != 1.0 else ""),
         "matcher": matcher,
         "intrinsics": "GT" if args.gt_intrinsics else "defaults" if args.defaults else "map (estimated)",
         "map_registered": rec_eval.row()["registered"],
@@ -187,7 +265,7 @@ def _gt(data: Path):
 
 
 COLUMNS = [
-    ("scene", "scene"), ("matcher", "matcher"), ("intrinsics", "intrinsics"), ("map_registered", "map reg."),
+    ("scene", "scene"), ("split", "queries"), ("matcher", "matcher"), ("intrinsics", "intrinsics"), ("map_registered", "map reg."),
     ("localized", "localized"), ("queries", "queries"),
     ("recall@0.25m,2deg", "0.25m,2°"), ("recall@0.5m,5deg", "0.5m,5°"), ("recall@5m,10deg", "5m,10°"),
     ("rot_med_deg", "med rot [°]"), ("pos_med", "med pos [GT units]"), ("gt_extent", "GT extent"),
@@ -230,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-negatives", type=int, default=4, help="photos per negative scene")
     ap.add_argument("--resume", action="store_true", help="reuse queries already in the localization log")
     ap.add_argument("--table", type=Path, default=None, help="append rows to this markdown file")
+    ap.add_argument("--split", choices=("every3", "blocks"), default="every3",
+                    help="queries: every third image, or pairs of neighbours (viewpoints the map lacks); the scene "
+                         f"{SYNTHETIC_NEWPOS} always has its own queries, rendered from new positions")
+    ap.add_argument("--query-scale", type=float, default=1.0, help="queries resized by this factor (another resolution)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s %(levelname)s] %(message)s", datefmt="%H:%M:%S")
     rows = []
