@@ -90,7 +90,7 @@ class LocalizationConfig:
     covisibility_clustering: bool = field(default=False, metadata={"help": "hloc-style covisibility clustering"})
     max_keypoint_error: float = field(default=2.0, metadata={"help": "px, map-side match -> map keypoint"})
     ransac_max_error: float = field(default=12.0, metadata={"help": "px, absolute pose RANSAC threshold"})
-    min_inliers: int = field(default=12, metadata={"help": "fewer PnP inliers = failed query"})
+    min_inliers: int = field(default=20, metadata={"help": "fewer PnP inliers = failed query (see docs/localization.md)"})
     min_inlier_ratio: float = field(
         default=0.1, metadata={"help": "fewer PnP inliers than this share of the 2D-3D matches = failed query (a "
                                        "photo of another place: chance poses)"})
@@ -106,6 +106,7 @@ class LocalizationConfig:
     resume: bool = field(default=True, metadata={"help": "reuse queries already in the log (same map/options)"})
     register: bool = field(default=False, metadata={"help": "add localized queries to a copy of the map"})
     register_dir: str | None = field(default=None, metadata={"help": "model folder for --register (default beside output)"})
+    report: bool = field(default=True, metadata={"help": "write localize_report.html beside the poses file"})
 
 
 def _validate(c: LocalizationConfig) -> None:
@@ -903,7 +904,7 @@ class Localizer:
 
     def signature(self) -> str:
         c = dataclasses.asdict(self.config)
-        for k in ("resume", "register", "register_dir", "device", "batch_size"):
+        for k in ("resume", "register", "register_dir", "device", "batch_size", "report"):
             c.pop(k, None)
         c["matcher"] = self.matcher_name
         model = self.map_dir / MODEL_DIR
@@ -922,7 +923,7 @@ class Localizer:
         Returns:
             one :class:`QueryResult` per query, in name order.
         """
-        from tqdm import tqdm
+        from .utils import progress as tqdm  # follows set_progress (-q)
 
         output = Path(output)
         if output.is_dir():
@@ -967,6 +968,14 @@ class Localizer:
         self._write_log(log_path, sig, results, {})
         ok = sum(r.success for r in results)
         logger.info("localized %d / %d queries -> %s (log: %s)", ok, len(results), output, log_path)
+        if self.config.report:
+            try:
+                from .report import LOCALIZE_REPORT_FILE, write_localization_report
+
+                write_localization_report(self, results, dict(items), output.parent / LOCALIZE_REPORT_FILE)
+            except Exception as e:  # noqa: BLE001 - the poses are written: a report that fails is only a warning
+                logger.warning("the localization report could not be written: %s: %s", type(e).__name__, e)
+                logger.debug("traceback", exc_info=True)
         if self.config.register:
             target = Path(self.config.register_dir) if self.config.register_dir else output.parent / "model_with_queries"
             fresh = [r for r in results if r.success and r.inlier_points2D is not None]

@@ -90,7 +90,8 @@ def synthetic_newpos(root: Path, num_map: int = 24, num_queries: int = 8) -> Pat
     """A synthetic ring scene whose queries are rendered from new positions -> ``root`` (images/, gt/).
 
     The map: ``num_map`` cameras on a ring of radius 6 around the scene (``img_*``); the queries: ``num_queries``
-    cameras on a ring of radius 4.5 (closer, other heights: ``q_*``), same planes and textures (same seed).
+    cameras on a ring of radius 4.5 (closer, other heights: ``q_*``), same planes and textures (same seed; one
+    texture per face: no repeated structure).
     """
     import shutil
 
@@ -101,7 +102,7 @@ def synthetic_newpos(root: Path, num_map: int = 24, num_queries: int = 8) -> Pat
 
     if (root / "gt" / "images.txt").is_file():
         return root
-    base = dict(layout="ring", width=640, height=480, focal=520.0, seed=11)
+    base = dict(layout="ring", width=640, height=480, focal=520.0, seed=11, unique_textures=True)
     synthetic.generate(root / "map", synthetic.SceneConfig(num_images=num_map, radius=6.0, **base))
     synthetic.generate(root / "q", synthetic.SceneConfig(num_images=num_queries, radius=4.5, **base))
     (root / "images").mkdir(parents=True, exist_ok=True)
