@@ -33,6 +33,17 @@ STAGE_CONFIGS: dict[str, tuple[str, str, dict[str, list[str]]]] = {
 }
 
 
+# the few options a user needs, per stage: listed first in --help (the others under "advanced" groups)
+COMMON_OPTIONS: dict[str, tuple[str, ...]] = {
+    "pairs": ("method", "num_neighbors", "loop_closure"),
+    "match": ("matcher", "weights", "max_side", "device"),
+    "keypoints": (),
+    "database": ("camera_mode", "camera_model", "camera_params"),
+    "map": ("mapper", "refine_tracks"),
+    "localize": ("matcher", "num_retrieved", "camera_model", "camera_params", "device", "report"),
+}
+
+
 def _config_class(stage: str) -> type:
     module, cls, _ = STAGE_CONFIGS[stage]
     return getattr(importlib.import_module(module), cls)
@@ -99,6 +110,8 @@ def add_config_arguments(
     aliases: dict[str, list[str]] | None = None,
     skip: set[str] | frozenset[str] = frozenset(),
     seen: set[str] | None = None,
+    common: tuple[str, ...] | frozenset[str] = (),
+    common_group: argparse._ArgumentGroup | None = None,
 ) -> None:
     """Add one ``--field-name`` flag per leaf field of a (possibly nested) dataclass config.
 
@@ -106,6 +119,8 @@ def add_config_arguments(
     ``<ClassName> options``; every part (a field whose type is a dataclass) gets a group of its own,
     with one flag per leaf field named after the leaf (``--share`` for ``cfg.cameras.share``).
     ``skip``, ``aliases`` and ``seen`` (flags already added by another stage) are by leaf name.
+    With ``common_group``, the leaves named in ``common`` go into that group (the few options a user
+    needs, shown first) and the groups of the others are titled ``advanced: ...``.
     """
     from loftr_sfm.utils import config_field_types, config_leaves, config_parts
 
@@ -131,16 +146,21 @@ def add_config_arguments(
                 continue
             if field.name in skip or (seen is not None and field.name in seen):
                 continue
-            if prefix not in groups:
-                if prefix:
-                    groups[prefix] = parser.add_argument_group(
-                        _part_title(part_cls), f"part `{'.'.join(prefix)}` of {cls.__name__}"
-                    )
-                else:
-                    groups[prefix] = parser.add_argument_group(f"{cls.__name__} options")
+            advanced = "advanced: " if common_group is not None else ""
+            if common_group is not None and field.name in common:
+                group = common_group
+            else:
+                if prefix not in groups:
+                    if prefix:
+                        groups[prefix] = parser.add_argument_group(
+                            advanced + _part_title(part_cls), f"part `{'.'.join(prefix)}` of {cls.__name__}"
+                        )
+                    else:
+                        groups[prefix] = parser.add_argument_group(f"{advanced}{cls.__name__} options")
+                group = groups[prefix]
             flags = [f"--{field.name.replace('_', '-')}"] + list((aliases or {}).get(field.name, []))
             help_text = field.metadata.get("help", comments.get(field.name, ""))
-            groups[prefix].add_argument(
+            group.add_argument(
                 *flags,
                 dest=field.name,
                 default=argparse.SUPPRESS,
@@ -174,12 +194,34 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
 _DIR_ARGS = {"output", "images"}
 
 
+MAIN_GROUP = "main options (every other option has a default)"
+
+
+def _short_usage(group: argparse._ArgumentGroup) -> str:
+    """A usage line naming only the options of ``group`` (the main ones), then ``[advanced options]``."""
+    parts = []
+    for a in group._group_actions:
+        arg = "{" + ",".join(map(str, a.choices)) + "}" if a.choices else (a.metavar or a.dest.upper())
+        arg = f"[{arg}]" if a.nargs == "?" else arg
+        text = f"{a.option_strings[-1]} {arg}"
+        parts.append(text if a.required else f"[{text}]")
+    lines = ["%(prog)s"]
+    for part in [*parts, "[advanced options]"]:  # wrapped at ~100 columns, never inside an option
+        if len(lines[-1]) + 1 + len(part) > 100:
+            lines.append("   ")
+        lines[-1] += " " + part
+    return "\n".join(lines)
+
+
 def _add_stage(sub, name: str, help_text: str, needs_images: bool) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text)
-    p.add_argument("--output", type=Path, required=True, help="output directory shared by all stages")
-    p.add_argument("--images", type=Path, required=needs_images, default=None, help="folder of the photos")
+    main = p.add_argument_group(MAIN_GROUP)
+    main.add_argument("--output", type=Path, required=True, help="output directory shared by all stages")
+    main.add_argument("--images", type=Path, required=needs_images, default=None, help="folder of the photos")
     module, cls_name, aliases = STAGE_CONFIGS[name]
-    add_config_arguments(p, _config_class(name), aliases, skip=_DIR_ARGS)
+    add_config_arguments(p, _config_class(name), aliases, skip=_DIR_ARGS, common=COMMON_OPTIONS[name],
+                         common_group=main)
+    p.usage = _short_usage(main)
     p.set_defaults(_stage=name)
 
 
@@ -189,19 +231,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Structure-from-Motion and localization with the EfficientLoFTR semi-dense matcher.",
     )
     parser.add_argument("-v", action="count", default=0, dest="_verbosity", help="more logging (-vv: debug)")
-    parser.add_argument("-q", action="store_const", const=-1, dest="_verbosity", help="warnings and errors only")
+    parser.add_argument("-q", action="store_const", const=-1, dest="_verbosity",
+                        help="warnings and errors only, no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("reconstruct", help="all stages: photos -> COLMAP model")
-    p.add_argument("--images", type=Path, required=True, help="folder of the photos")
-    p.add_argument("--output", type=Path, required=True, help="output directory")
+    p = sub.add_parser("reconstruct", help="all stages: photos -> COLMAP model (+ report.html)",
+                       description="All stages: photos -> COLMAP model, summary.json and report.html.")
+    main = p.add_argument_group(MAIN_GROUP)
+    main.add_argument("--images", type=Path, required=True, help="folder of the photos")
+    main.add_argument("--output", type=Path, required=True, help="output directory")
     seen: set[str] = set()
     for stage in ("pairs", "match", "keypoints", "database", "map"):
         _, _, aliases = STAGE_CONFIGS[stage]
-        add_config_arguments(p, _config_class(stage), aliases, skip=_DIR_ARGS, seen=seen)
-    p.add_argument("--bridge-weak-links", type=_parse_bool, nargs="?", const=True, default=True, metavar="BOOL",
-                   help="sequential pairs without loop closure: if the database stage finds weak links (a video "
-                        "with a gap), select the pairs again with loop closure and go on from there (default: true)")
+        add_config_arguments(p, _config_class(stage), aliases, skip=_DIR_ARGS, seen=seen,
+                             common=COMMON_OPTIONS[stage], common_group=main)
+    main.add_argument("--report", type=_parse_bool, nargs="?", const=True, default=True, metavar="BOOL",
+                      help="write OUTPUT/report.html at the end (default: true)")
+    p.usage = _short_usage(main)
+    p.add_argument_group("advanced: reconstruct options").add_argument(
+        "--bridge-weak-links", type=_parse_bool, nargs="?", const=True, default=True, metavar="BOOL",
+        help="sequential pairs without loop closure: if the database stage finds weak links (a video "
+             "with a gap), select the pairs again with loop closure and go on from there (default: true)")
 
     _add_stage(sub, "pairs", "select image pairs -> pairs.txt", True)
     _add_stage(sub, "match", "match the pairs -> matches.h5 (raw, per pair)", True)
@@ -209,12 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stage(sub, "database", "write the COLMAP database and verify geometry -> database.db", True)
     _add_stage(sub, "map", "incremental or global mapping -> model/, points.ply, summary.json", True)
 
-    p = sub.add_parser("localize", help="localize new photos against a map -> poses.txt")
-    p.add_argument("--map", type=Path, required=True, dest="map_dir", help="output directory of `reconstruct`")
-    p.add_argument("--images", type=Path, required=True, help="the map's photo folder")
-    p.add_argument("--queries", type=Path, required=True, help="folder of the photos to localize")
-    p.add_argument("--output", type=Path, required=True, help="poses file to write (poses.txt)")
-    add_config_arguments(p, _config_class("localize"), STAGE_CONFIGS["localize"][2], skip={"output", "images", "queries", "map_dir"})
+    p = sub.add_parser("localize", help="localize new photos against a map -> poses.txt (+ localize_report.html)")
+    main = p.add_argument_group(MAIN_GROUP)
+    main.add_argument("--map", type=Path, required=True, dest="map_dir", help="output directory of `reconstruct`")
+    main.add_argument("--images", type=Path, required=True, help="the map's photo folder")
+    main.add_argument("--queries", type=Path, required=True, help="folder of the photos to localize")
+    main.add_argument("--output", type=Path, required=True, help="poses file to write (poses.txt)")
+    add_config_arguments(p, _config_class("localize"), STAGE_CONFIGS["localize"][2],
+                         skip={"output", "images", "queries", "map_dir"}, common=COMMON_OPTIONS["localize"],
+                         common_group=main)
+    p.usage = _short_usage(main)
 
     p = sub.add_parser("match-pair", help="match two photos and draw the matches")
     p.add_argument("image0", type=Path)
@@ -228,12 +282,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert the original eloftr_outdoor.ckpt to the Transformers layout")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("output_dir", type=Path)
+    from loftr_sfm.report.command import add_report_parser
+
+    add_report_parser(sub)
+    from loftr_sfm.model.onnx_cli import add_export_onnx_parser
+
+    add_export_onnx_parser(sub)
+    for sp in sub.choices.values():  # -q / -v also after the subcommand
+        sp.add_argument("-v", action="count", default=argparse.SUPPRESS, dest="_verbosity", help=argparse.SUPPRESS)
+        sp.add_argument("-q", action="store_const", const=-1, default=argparse.SUPPRESS, dest="_verbosity",
+                        help="warnings and errors only, no progress bars")
     return parser
 
 
 def _setup_logging(verbosity: int) -> None:
+    from loftr_sfm.utils import set_progress
+
     level = logging.WARNING if verbosity < 0 else (logging.INFO if verbosity <= 1 else logging.DEBUG)
     logging.basicConfig(level=level, format="[%(asctime)s %(name)s %(levelname)s] %(message)s", datefmt="%H:%M:%S")
+    set_progress(verbosity >= 0)  # -q: no progress bars either
 
 
 def run(argv: list[str] | None = None) -> Any:
@@ -241,13 +308,14 @@ def run(argv: list[str] | None = None) -> Any:
     _setup_logging(args._verbosity)
     cmd = args.command
     if cmd == "reconstruct":
-        from loftr_sfm.pipeline import reconstruct
+        from loftr_sfm.stages import reconstruct
 
         configs = {stage: given_options(_config_class(stage), args) for stage in ("pairs", "match", "keypoints", "database", "map")}
         return reconstruct(
             args.images, args.output,
             pairs=configs["pairs"], matching=configs["match"], keypoints=configs["keypoints"],
             database=configs["database"], mapping=configs["map"], bridge_weak_links=args.bridge_weak_links,
+            report=args.report,
         )
     if cmd in ("pairs", "match", "keypoints", "database", "map"):
         module, cls_name, _ = STAGE_CONFIGS[cmd]
@@ -262,6 +330,14 @@ def run(argv: list[str] | None = None) -> Any:
         from loftr_sfm.localization import localize
 
         return localize(args.map_dir, args.images, args.queries, args.output, config_from_args(_config_class("localize"), args))
+    if cmd == "export-onnx":
+        from loftr_sfm.model.onnx_cli import run_export_onnx_command
+
+        return run_export_onnx_command(args)
+    if cmd == "report":
+        from loftr_sfm.report.command import run_report_command
+
+        return run_report_command(args)
     if cmd == "match-pair":
         from loftr_sfm.model.api import match_pair, visualize_pair
 

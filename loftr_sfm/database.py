@@ -46,8 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import InputError, atomic_path, image_size, matches_backend, read_pairs
-from .utils import Timer, merge_config
+from .io import UNREADABLE_ATTR, InputError, atomic_path, image_size, matches_backend, read_pairs
+from .utils import Timer, merge_config, progress
 from .workspace import MERGED_MATCHES_FILE, record_stage_time
 
 logger = logging.getLogger(__name__)
@@ -454,10 +454,13 @@ def run_database(output: Path, images: Path, config: DatabaseConfig | None = Non
         features = read_features(feats_path)
         if not features:
             raise InputError(f"{feats_path} holds no image")
-        pairs = read_pairs(output / "pairs.txt", known_names=list(features))
+        with h5py.File(feats_path, "r") as f:  # images the keypoints stage left out (unreadable): their pairs too
+            left_out = set(json.loads(f.attrs.get(UNREADABLE_ATTR, "{}")))
+        pairs = [p for p in read_pairs(output / "pairs.txt", known_names=[*features, *left_out])
+                 if p[0] in features and p[1] in features]
         pm = []
         with h5py.File(matches_path, "r") as f:
-            for a, b in pairs:
+            for a, b in progress(pairs, desc="database: read matches", unit="pair", leave=False):
                 try:
                     m, _ = read_matches(f, a, b)
                 except KeyError:
@@ -493,7 +496,83 @@ def run_database(output: Path, images: Path, config: DatabaseConfig | None = Non
     return db_path
 
 
+def read_images_table(db_path: Path) -> list[dict]:
+    """Every image of a database, read-only: ``{"name", "image_id", "camera_id", "keypoints", "camera"}``.
+
+    ``camera`` is the database's (initial) camera: ``{"model", "width", "height", "params"}``.
+    """
+    import pycolmap
+
+    try:
+        with read_only(db_path) as con:
+            cams = {cid: {"model": pycolmap.CameraModelId(model).name, "width": w, "height": h,
+                          "params": np.frombuffer(blob or b"", np.float64).tolist()}
+                    for cid, model, w, h, blob in con.execute("SELECT camera_id, model, width, height, params FROM cameras")}
+            rows = con.execute("SELECT i.image_id, i.name, i.camera_id, COALESCE(k.rows, 0) FROM images i "
+                               "LEFT JOIN keypoints k ON k.image_id = i.image_id ORDER BY i.name").fetchall()
+    except sqlite3.DatabaseError as e:
+        raise InputError(f"{db_path} is not a COLMAP database ({e}): run the database stage again") from None
+    return [{"name": name, "image_id": iid, "camera_id": cid, "keypoints": int(n), "camera": cams.get(cid)}
+            for iid, name, cid, n in rows]
+
+
+def read_pairs_table(db_path: Path) -> list[dict]:
+    """Every pair of a database with matches or a two-view geometry, read-only.
+
+    ``{"name0", "name1", "matches", "inliers", "config"}``: ``matches`` is the number of index matches written
+    by this stage, ``inliers`` that of the two-view geometry's inliers, -1 when the pair has none (not verified,
+    or rejected by the inlier-ratio check, which deletes it), ``config`` its pycolmap
+    ``TwoViewGeometryConfiguration`` name ("" when none).
+    """
+    import pycolmap
+
+    try:
+        with read_only(db_path) as con:
+            names = dict(con.execute("SELECT image_id, name FROM images"))
+            matches = dict(con.execute("SELECT pair_id, rows FROM matches"))
+            tvgs = {pid: (rows, config) for pid, rows, config in
+                    con.execute("SELECT pair_id, rows, config FROM two_view_geometries")}
+    except sqlite3.DatabaseError as e:
+        raise InputError(f"{db_path} is not a COLMAP database ({e}): run the database stage again") from None
+    out = []
+    for pid in sorted(set(matches) | set(tvgs)):
+        a, b = pycolmap.pair_id_to_image_pair(int(pid))
+        rows, config = tvgs.get(pid, (-1, None))
+        out.append({"name0": names[a], "name1": names[b], "matches": int(matches.get(pid, 0)), "inliers": int(rows),
+                    "config": pycolmap.TwoViewGeometryConfiguration(config).name if config is not None else ""})
+    return out
+
+
+def read_pair_matches(db_path: Path, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Keypoints and matches of one pair of a database, read-only.
+
+    Returns keypoints0 (K0, 2), keypoints1 (K1, 2) float32 in the OpenCV convention (the database's minus 0.5),
+    matches (M, 2) and two-view-geometry inliers (I, 2) uint32, index pairs into them (columns in the order
+    name0, name1; (0, 2) when none).
+    """
+    import pycolmap
+
+    with read_only(db_path) as con:
+        ids = dict(con.execute("SELECT name, image_id FROM images WHERE name IN (?, ?)", (name0, name1)))
+        if len(ids) != 2:
+            raise InputError(f"{db_path}: no image pair ({name0}, {name1})")
+        kps = []
+        for n in (name0, name1):
+            row = con.execute("SELECT rows, cols, data FROM keypoints WHERE image_id = ?", (ids[n],)).fetchone()
+            kp = np.frombuffer(row[2], np.float32).reshape(row[0], row[1]) if row and row[0] else np.zeros((0, 2))
+            kps.append(np.asarray(kp[:, :2], np.float32) - 0.5)
+        pid = pycolmap.image_pair_to_pair_id(ids[name0], ids[name1])
+        swap = pycolmap.should_swap_image_pair(ids[name0], ids[name1])
+        out = []
+        for table in ("matches", "two_view_geometries"):
+            row = con.execute(f"SELECT rows, data FROM {table} WHERE pair_id = ?", (int(pid),)).fetchone()
+            m = np.frombuffer(row[1], np.uint32).reshape(-1, 2) if row and row[0] and row[1] else np.zeros((0, 2), np.uint32)
+            out.append(m[:, ::-1] if swap else m)
+    return kps[0], kps[1], out[0], out[1]
+
+
 __all__ = ["DatabaseConfig", "CAMERA_MODES", "SEMI_DENSE_MIN_INLIER_RATIO", "make_cameras", "write_database",
            "verify_database", "min_inlier_ratio", "reject_low_inlier_ratio", "weak_links", "database_stats",
            "STATS_FILE", "read_stage_stats",
-           "image_ids_by_name", "images_per_camera", "read_only", "run_database"]
+           "image_ids_by_name", "images_per_camera", "read_only", "read_images_table", "read_pairs_table",
+           "read_pair_matches", "run_database"]

@@ -199,6 +199,32 @@ def resolve_device(device: str | None = "auto") -> str:
     return "cpu"
 
 
+_PROGRESS = True
+
+
+def set_progress(enabled: bool) -> None:
+    """Show (True, the default) or hide every progress bar of the library; ``loftr-sfm -q`` hides them."""
+    global _PROGRESS
+    _PROGRESS = bool(enabled)
+
+
+def progress_enabled() -> bool:
+    """Whether the library's progress bars are shown (:func:`set_progress`)."""
+    return _PROGRESS
+
+
+def progress(iterable: Any = None, **kwargs: Any):
+    """A ``tqdm`` bar (with its rate) that follows :func:`set_progress`: every bar of the library is made here.
+
+    ``kwargs`` go to tqdm; a bar with ``disable=True`` stays hidden whatever the switch says.
+    """
+    from tqdm import tqdm
+
+    if not _PROGRESS:
+        kwargs["disable"] = True
+    return tqdm(iterable, **kwargs)
+
+
 class Timer:
     """Context manager measuring wall time: ``with Timer() as t: ...; t.seconds``."""
 

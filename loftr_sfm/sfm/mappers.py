@@ -56,12 +56,12 @@ def run_mapper(db_path: Path, images: Path, work: Path, mapper: str, cfg: Mappin
     The incremental mapper reports registered images as they come (tqdm over ``num_images``).
     """
     import pycolmap
-    from tqdm import tqdm
+
+    from ..utils import progress
 
     work.mkdir(parents=True, exist_ok=True)
     if mapper == "incremental":
-        with tqdm(total=num_images or None, desc="mapping (incremental)", unit="image", leave=False,
-                  disable=logger.getEffectiveLevel() > logging.INFO) as bar:
+        with progress(total=num_images or None, desc="mapping (incremental)", unit="image", leave=False) as bar:
             def next_image() -> None:
                 bar.update(1)
 

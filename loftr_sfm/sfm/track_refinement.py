@@ -153,7 +153,7 @@ def align_tracks(rec, images: Path, table: TrackTable, ref: np.ndarray, config: 
         new ``xy`` (N, 2) COLMAP coordinates and ``moved`` (N,) bool (refined non-reference rows).
     """
     import torch
-    from tqdm import tqdm
+    from ..utils import progress as tqdm  # follows set_progress (-q)
 
     from ..matchers.refine import RefineOptions, Templates, align, make_templates
     from ..utils import resolve_device
