@@ -24,7 +24,10 @@ How it runs:
   moment) loses at most the batch in flight. Pairs already present in ``matches.h5`` or in the
   journal are skipped;
 * an unreadable image is reported by name (once) and its pairs are skipped; the run never
-  crashes because of one bad file.
+  crashes because of one bad file;
+* ``executor="ray"``: the same plan of batches, cut into shards, is matched by the workers of a Ray
+  cluster, each shard written as a file of its own and merged into ``matches.h5`` at the end
+  (:mod:`loftr_sfm.distributed`).
 """
 
 from __future__ import annotations
@@ -38,11 +41,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from .io import (
+    UNREADABLE_ATTR,
     ImageReadError,
     InputError,
     atomic_path,
@@ -85,6 +89,27 @@ class MatchingConfig:
     merge_interval: float = field(
         default=300.0, metadata={"help": "seconds between merges of the batch journal into matches.h5"}
     )
+    executor: Literal["local", "ray"] = field(
+        default="local",
+        metadata={"help": "local: in this process; ray: shards of the pairs on the workers of a Ray cluster "
+                          "(pip install 'loftr_sfm[ray]'; images and output on storage every node sees)"},
+    )
+    ray_address: str | None = field(
+        default=None,
+        metadata={"help": "Ray cluster to join (HEAD:6379, 'auto', ray://...); default: RAY_ADDRESS or the "
+                          "cluster started on this machine by 'ray start', else a new local one"},
+    )
+    ray_cpus_per_worker: int = field(
+        default=4, metadata={"help": "CPUs (torch threads) of each Ray matching worker; at most a node's CPUs"}
+    )
+    ray_shard_size: int = field(
+        default=64, metadata={"help": "pairs per Ray shard (whole batches): the unit a worker writes, a rerun "
+                                      "skips and a lost worker's replacement redoes"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.executor not in ("local", "ray"):
+            raise ValueError(f"unknown executor {self.executor!r}; choose 'local' or 'ray'")
 
 
 @dataclass
@@ -239,6 +264,11 @@ class MatchesWriter:
         self._count = 0
         self.attrs = dict(attrs or {})  # file attributes the matches file gets (e.g. "matcher")
         self.pair_attrs = dict(pair_attrs or {})  # attributes of every pair group written
+        self.adopted: list[Path] = []  # complete files of other writers (Ray shards), merged like the journal
+
+    def adopt(self, files: Iterable[str | Path]) -> None:
+        """Merge these complete raw-matches files at the next :meth:`merge` too (after the journal), then delete them."""
+        self.adopted.extend(Path(p) for p in files)
 
     def _set_attrs(self, f) -> None:
         for k, v in self.attrs.items():
@@ -300,7 +330,8 @@ class MatchesWriter:
         """
         import h5py
 
-        files = self.journal_files()
+        files = self.journal_files() + [p for p in self.adopted if p.exists()]
+        self.adopted = []
         if not files:
             if ensure_exists and not self.path.exists():
                 with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as f:
@@ -330,8 +361,9 @@ class MatchesWriter:
         for p in used:
             with contextlib.suppress(OSError):
                 p.unlink()
-        with contextlib.suppress(OSError):
-            self.journal.rmdir()
+        for folder in {p.parent for p in used} | {self.journal}:  # the journal, a shards folder: once empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         logger.debug("merged %d pairs from %d journal files into %s", merged, len(used), self.path)
         return merged
 
@@ -413,7 +445,7 @@ def match_pairs(
         :class:`MatchingStats`. Pairs already present are skipped (unless ``config.overwrite``).
     """
     import torch
-    from tqdm import tqdm
+    from .utils import progress as tqdm  # follows set_progress (-q)
 
     config = merge_config(MatchingConfig, config)
     t_start = time.perf_counter()
@@ -439,6 +471,8 @@ def match_pairs(
         logger.info("%d image(s) changed since their pairs were matched (%s): matching their pairs again",
                     len(changed), ", ".join(sorted(changed)[:5]))
     writer.attrs["image_stamps"] = json.dumps({**recorded, **stamps}, sort_keys=True)
+    # images this run could not read (their pairs are never done, so every run checks them again)
+    writer.attrs[UNREADABLE_ATTR] = "{}"
     todo = []
     for a, b in pairs:
         if a in changed or b in changed:
@@ -455,7 +489,12 @@ def match_pairs(
         return stats
 
     if matcher is None:
-        matcher = build_backend(config)
+        if config.executor == "ray":  # workers of a Ray cluster stand in for the backend (loftr_sfm.distributed)
+            from .distributed import RayMatchers
+
+            matcher = RayMatchers(config)
+        else:
+            matcher = build_backend(config)
         writer.attrs["matcher"] = matcher.name
     spec = matcher.spec
 
@@ -492,35 +531,42 @@ def match_pairs(
     )
     device = str(matcher.device)
     use_amp = bool(config.mixed_precision) and device.startswith("cuda")
+    remote = getattr(matcher, "runs_remotely", False)
     last_merge = time.monotonic()
     try:
-        with tqdm(total=len(kept), unit="pair", desc=f"matching ({matcher.name})", smoothing=0.1) as bar:
-            for batch in loader:
-                for n0, n1, bad_name, err in batch["errors"]:
-                    stats.num_failed += 1
-                    if bad_name not in bad:
-                        bad[bad_name] = err
-                        logger.warning("skipping image %s: %s", bad_name, err)
-                if batch["names0"]:
-                    amp = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
-                    with amp:
-                        results = matcher.match(
-                            batch["image0"], batch["image1"], batch["size0"], batch["size1"],
-                            names0=batch["names0"], names1=batch["names1"],
-                        )  # fmt: skip
-                    if len(results) != len(batch["names0"]):
-                        raise RuntimeError(
-                            f"matcher {matcher.name} returned {len(results)} results for {len(batch['names0'])} pairs"
-                        )
-                    writer.write_batch(zip(batch["names0"], batch["names1"], results))
-                    stats.num_matched += len(results)
-                    stats.num_matches += int(sum(len(r.scores) for r in results))
-                bar.update(len(batch["names0"]) + len(batch["errors"]))
-                if time.monotonic() - last_merge > config.merge_interval:
-                    writer.merge()
-                    last_merge = time.monotonic()
+        if remote:  # the batches, cut into shards, are matched on the cluster
+            matcher.run(kept, batches, batch_size, paths, stamps, writer, stats, bad)
+        else:
+            with tqdm(total=len(kept), unit="pair", desc=f"matching ({matcher.name})", smoothing=0.1) as bar:
+                for batch in loader:
+                    for n0, n1, bad_name, err in batch["errors"]:
+                        stats.num_failed += 1
+                        if bad_name not in bad:
+                            bad[bad_name] = err
+                            logger.warning("skipping image %s: %s", bad_name, err)
+                    if batch["names0"]:
+                        amp = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
+                        with amp:
+                            results = matcher.match(
+                                batch["image0"], batch["image1"], batch["size0"], batch["size1"],
+                                names0=batch["names0"], names1=batch["names1"],
+                            )  # fmt: skip
+                        if len(results) != len(batch["names0"]):
+                            raise RuntimeError(
+                                f"matcher {matcher.name} returned {len(results)} results for {len(batch['names0'])} pairs"
+                            )
+                        writer.write_batch(zip(batch["names0"], batch["names1"], results))
+                        stats.num_matched += len(results)
+                        stats.num_matches += int(sum(len(r.scores) for r in results))
+                    bar.update(len(batch["names0"]) + len(batch["errors"]))
+                    if time.monotonic() - last_merge > config.merge_interval:
+                        writer.merge()
+                        last_merge = time.monotonic()
     finally:
+        writer.attrs[UNREADABLE_ATTR] = json.dumps(bad, sort_keys=True)
         writer.merge()
+        if remote:
+            matcher.close()
     stats.failed_images = sorted(bad)
     if bad:
         logger.warning("%d unreadable image(s) skipped (%d pairs): %s", len(bad), stats.num_failed, ", ".join(sorted(bad)[:10]))

