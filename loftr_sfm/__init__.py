@@ -18,13 +18,14 @@ _LAZY = {
     "EfficientLoFTRForKeypointMatching": "loftr_sfm.model.efficientloftr",
     "EfficientLoFTRImageProcessor": "loftr_sfm.model.processing",
     "match_pair": "loftr_sfm.model.api",
+    "pipeline": "loftr_sfm.keypoint_matching",  # Transformers' pipeline("keypoint-matching", ...)
     # the stages, in data-flow order
     "run_pairs": "loftr_sfm.pairs",
     "run_matching": "loftr_sfm.matching",
     "run_keypoints": "loftr_sfm.keypoints",
     "run_database": "loftr_sfm.database",
     "run_mapping": "loftr_sfm.sfm",
-    "reconstruct": "loftr_sfm.pipeline",
+    "reconstruct": "loftr_sfm.stages",
     "localize": "loftr_sfm.localization",
 }
 

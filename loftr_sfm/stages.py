@@ -33,6 +33,7 @@ def reconstruct(
     database: Any = None,
     mapping: Any = None,
     bridge_weak_links: bool = True,
+    report: bool = True,
 ):
     """Run every stage on ``images`` and write the results into ``output``.
 
@@ -45,6 +46,8 @@ def reconstruct(
             again with loop closure and run the stages after it again (matching only the new pairs);
             recorded in ``.bridged_weak_links.json`` (a rerun starts with loop closure) and in the
             summary (``bridged_weak_links``).
+        report: write ``output/report.html`` at the end (:func:`loftr_sfm.report.write_report`); a report that
+            cannot be written is a warning, never a failed run.
     Returns:
         The mapping summary (registered/total images, points, track length, reprojection error,
         per-stage times; also saved as ``summary.json``). The model itself:
@@ -53,7 +56,17 @@ def reconstruct(
     """
     images, output = Path(images), Path(output)
     with output_lock(output):  # one run per output folder
-        return _reconstruct(images, output, pairs, matching, keypoints, database, mapping, bridge_weak_links)
+        summary = _reconstruct(images, output, pairs, matching, keypoints, database, mapping, bridge_weak_links)
+        if report:
+            try:
+                from loftr_sfm.report import write_report
+
+                write_report(output, images)
+            except Exception as e:  # noqa: BLE001 - the model is made: a report that fails is only a warning
+                logger.warning("the report (%s) could not be written: %s: %s", output / "report.html",
+                               type(e).__name__, e)
+                logger.debug("traceback", exc_info=True)
+    return summary
 
 
 def _reconstruct(images: Path, output: Path, pairs, matching, keypoints, database, mapping, bridge_weak_links: bool):
@@ -116,3 +129,4 @@ def _reconstruct(images: Path, output: Path, pairs, matching, keypoints, databas
 
 
 BRIDGE_MARKER = ".bridged_weak_links.json"
+

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "datasets"))
 import synthetic  # noqa: E402
 from evaluate_scenes import emit_row, known_intrinsics, model_row  # noqa: E402  (this folder is on sys.path)
 
-from loftr_sfm.pipeline import reconstruct  # noqa: E402
+from loftr_sfm.stages import reconstruct  # noqa: E402
 
 COLUMNS = ["scene", "matcher", "intrinsics", "registered", "rot_med_deg", "rot_max_deg", "pos_med", "AUC@1", "AUC@2",
            "AUC@5", "points", "track", "reproj_px"]

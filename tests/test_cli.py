@@ -42,9 +42,9 @@ def test_reconstruct_passes_only_given_options(monkeypatch, tmp_path):
     def fake_reconstruct(images, output, **configs):
         seen.update(configs, images=images, output=output)
 
-    import loftr_sfm.pipeline
+    import loftr_sfm.stages
 
-    monkeypatch.setattr(loftr_sfm.pipeline, "reconstruct", fake_reconstruct)
+    monkeypatch.setattr(loftr_sfm.stages, "reconstruct", fake_reconstruct)
     cli.run(["reconstruct", "--images", str(tmp_path), "--output", str(tmp_path / "o"), "--matcher", "sift",
              "--pairs", "exhaustive", "--mapper", "global", "--verify", "false"])
     assert seen["matching"] == {"matcher": "sift"}
@@ -168,11 +168,11 @@ def test_nested_config_flags_dedup_across_stages():
 
 
 def test_exit_code_says_whether_a_model_or_a_pose_was_made(monkeypatch, caplog):
-    import loftr_sfm.pipeline
+    import loftr_sfm.stages
     from loftr_sfm.localization import QueryResult
 
     results = {}
-    monkeypatch.setattr(loftr_sfm.pipeline, "reconstruct", lambda images, output, **kw: results["summary"])
+    monkeypatch.setattr(loftr_sfm.stages, "reconstruct", lambda images, output, **kw: results["summary"])
     argv = ["reconstruct", "--images", "x", "--output", "y"]
     results["summary"] = {"num_images": 1, "registered": 0}
     assert cli.main(argv) == 1 and "at least 2 overlapping images" in caplog.text
