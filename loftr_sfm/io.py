@@ -35,6 +35,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 # photo formats that are not read (HEIC/HEIF, AVIF, camera RAW): listed once in a warning, never skipped silently
 UNREAD_PHOTO_EXTENSIONS = (".heic", ".heif", ".avif", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2")
 _warned_unread: set[str] = set()
+# attributes of the stage files naming images left out, JSON {name: reason}: matches.h5 (the images the matching
+# stage could not read) and features.h5 (every image the keypoints stage left out); later stages leave them out too
+UNREADABLE_ATTR = "unreadable_images"
 
 
 class ImageReadError(ValueError):
@@ -218,8 +221,9 @@ def read_pairs(path: str | Path, known_names: Sequence[str] | None = None) -> li
 
 
 def _pair_name(name: str) -> str:
-    """A name as written in ``pairs.txt``: as it is (hloc's format), quoted when it has spaces or quotes."""
-    return shlex.quote(name) if any(c.isspace() or c in "'\"" for c in name) else name
+    """A name as written in ``pairs.txt``: as it is (hloc's format), quoted when plain words would not read it
+    back (spaces, quotes, backslashes, a leading '#')."""
+    return shlex.quote(name) if name.startswith("#") or any(c.isspace() or c in "'\"\\" for c in name) else name
 
 
 def check_pair_keys(names: Iterable[str], where: str | Path = "pairs") -> None:
