@@ -584,6 +584,45 @@ def generate(output: Path, cfg: SceneConfig | None = None) -> dict:
     return manifest
 
 
+def write_matches(output: Path, cfg: SceneConfig, pairs: list[tuple[str, str]], progress: bool = False) -> list[int]:
+    """Raw matches of any pair list (image names of the scene ``cfg``, e.g. a ``pairs.txt`` written by the
+    pairs stage) into ``output/matches.h5``, as the matching stage would write them.
+
+    The cameras are those :func:`generate` made for ``cfg``; the matches are drawn as there (``style``
+    eloftr or sift), from a generator of their own seeded by ``cfg.seed`` and the pair list. Returns the
+    number of matches per pair.
+    """
+    import h5py
+
+    output = Path(output)
+    rng = np.random.default_rng(cfg.seed)
+    planes = _planes(cfg.back_wall if cfg.back_wall is not None else cfg.layout != "ring")
+    cams = make_cameras(cfg, rng)
+    index = {c.name: k for k, c in enumerate(cams)}
+    unknown = sorted({n for p in pairs for n in p} - set(index))
+    if unknown:
+        raise ValueError(f"pairs name images that are not in the scene: {', '.join(unknown[:5])}")
+    mrng = np.random.default_rng([cfg.seed, len(pairs), 27])
+    dets = sift_detections(cams, planes, cfg, mrng) if cfg.style == "sift" else None
+    n_matches = []
+    from tqdm import tqdm
+
+    with h5py.File(output / "matches.h5", "w") as f:
+        f.attrs["matcher"] = "sift" if cfg.style == "sift" else "eloftr"
+        for a, b in tqdm(pairs, desc="synthetic matches", unit="pair", disable=not progress):
+            i, j = index[a], index[b]
+            if dets is not None:
+                k0, k1, sc = sift_matches(dets, i, j, cfg, mrng, cams)
+            else:
+                k0, k1, sc = gt_matches(cams[i], cams[j], i, j, planes, cfg, mrng)
+            g = f.create_group(a.replace("/", "-") + "/" + b.replace("/", "-"))
+            g.create_dataset("keypoints0", data=k0)
+            g.create_dataset("keypoints1", data=k1)
+            g.create_dataset("scores", data=sc)
+            n_matches.append(len(k0))
+    return n_matches
+
+
 def sampson_errors(cam0, cam1, pose0, pose1, k0: np.ndarray, k1: np.ndarray) -> np.ndarray:
     """Sampson distance (px, in undistorted pixels) of matches k0 <-> k1 (OpenCV convention) to the
     epipolar geometry of the pycolmap cameras ``cam0``, ``cam1`` with poses (cam_from_world Rigid3d)."""

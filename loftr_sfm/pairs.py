@@ -131,8 +131,9 @@ def pairs_from_retrieval(
     return canonical_pairs(pairs, universe)
 
 
-def covisibility_counts(reconstruction: Any) -> tuple[list[str], np.ndarray]:
-    """Image names (sorted) and the (N, N) int matrix of 3D points shared by each image pair."""
+def _covisibility_sparse(reconstruction: Any) -> tuple[list[str], Any]:
+    """Image names (sorted) and the sparse (N, N) CSR matrix of 3D points shared by each image pair
+    (diagonal: the image's own points)."""
     import pycolmap
     from scipy import sparse
 
@@ -156,19 +157,32 @@ def covisibility_counts(reconstruction: Any) -> tuple[list[str], np.ndarray]:
                 rows.append(row_of[iid])
                 cols.append(col)
     A = sparse.csr_matrix((np.ones(len(rows), np.int32), (rows, cols)), shape=(len(names), max(len(rec.points3D), 1)))
-    C = (A @ A.T).toarray().astype(np.int64)
+    return names, (A @ A.T).tocsr()
+
+
+def covisibility_counts(reconstruction: Any) -> tuple[list[str], np.ndarray]:
+    """Image names (sorted) and the (N, N) int matrix of 3D points shared by each image pair."""
+    names, C = _covisibility_sparse(reconstruction)
+    C = C.toarray().astype(np.int64)
     np.fill_diagonal(C, 0)
     return names, C
 
 
 def pairs_from_covisibility(reconstruction_or_model_dir: Any, num_neighbors: int = 10) -> list[tuple[str, str]]:
-    """Each registered image with the ``num_neighbors`` images sharing most 3D points (> 0)."""
-    names, C = covisibility_counts(reconstruction_or_model_dir)
+    """Each registered image with the ``num_neighbors`` images sharing most 3D points (> 0).
+
+    Reads the sparse covisibility matrix row by row (no (N, N) array).
+    """
+    names, C = _covisibility_sparse(reconstruction_or_model_dir)
     pairs = []
     k = int(num_neighbors)
     for i in range(len(names)):
-        order = np.lexsort((np.arange(len(names)), -C[i]))[:k]  # most shared first, ties by name
-        pairs += [(names[i], names[j]) for j in order if C[i, j] > 0]
+        cols = C.indices[C.indptr[i] : C.indptr[i + 1]]
+        vals = C.data[C.indptr[i] : C.indptr[i + 1]]
+        ok = (cols != i) & (vals > 0)
+        cols, vals = cols[ok], vals[ok]
+        order = np.lexsort((cols, -vals))[:k]  # most shared first, ties by name
+        pairs += [(names[i], names[j]) for j in cols[order]]
     return canonical_pairs(pairs, names)
 
 

@@ -60,6 +60,29 @@ def test_topk_pairs_excludes_self_and_orders():
     assert topk_pairs(["x"], d[:1], names, d, 2) == [("x", "a"), ("x", "b")]  # different name: not excluded
 
 
+def test_topk_pairs_in_blocks_equal_the_full_ranking():
+    """Top-k by selection, a block of queries at a time (no (N, N) matrix): the pairs of a stable argsort
+    of all similarities, ties by database order, whatever the block size (dot products exact here, so the
+    blocks' matrix products cannot differ in rounding)."""
+    from loftr_sfm.retrieval import _topk_rows
+
+    rng = np.random.default_rng(4)
+    for trial in range(30):
+        sim = rng.integers(-3, 4, (int(rng.integers(1, 40)), int(rng.integers(1, 120)))).astype(np.float32)
+        sim[rng.random(sim.shape) < 0.05] = -np.inf
+        k = int(rng.integers(1, sim.shape[1] + 1))
+        np.testing.assert_array_equal(_topk_rows(sim, k), np.argsort(-sim, axis=1, kind="stable")[:, :k])
+    n = 150
+    d = rng.integers(-2, 3, (n, 6)).astype(np.float32) / 4  # many equal similarities
+    names = [f"im{i:03d}" for i in range(n)]
+    sim = d @ d.T
+    np.fill_diagonal(sim, -np.inf)
+    order = np.argsort(-sim, axis=1, kind="stable")[:, :7]
+    want = [(names[i], names[j]) for i in range(n) for j in order[i]]
+    for block in (1, 7 * n, 1 << 22):  # one query, seven queries, all queries per block
+        assert topk_pairs(names, d, names, d, 7, max_block=block) == want
+
+
 def test_herzjesu_map_and_query(tmp_path):
     """Map descriptors from 7 images, a held-out query encoded with the saved vocabulary: its two
     most similar map images are its two nearest GT cameras."""
