@@ -279,10 +279,9 @@ def test_localize_writes_a_report_of_its_queries(run, tmp_path):
     assert errors == [] and rows == 2 and _drawn(pixels)[0] > 0.01
 
 
-@pytest.mark.slow
 def test_the_readme_quick_start_report_opens_in_chromium(tmp_path):
-    """The README's main command as a user types it (herzjesu-P8, XFeat*; ~1-2 min on 2 CPU cores): its report
-    opens in headless Chromium without errors, with a drawn 3D view and a row per photo."""
+    """The README's main command as a user types it (herzjesu-P8, XFeat*; ~1-2 min on 2 CPU cores, in CI's run):
+    its report opens in headless Chromium without errors, with a drawn 3D view and a row per photo."""
     import re
     import shlex
 
