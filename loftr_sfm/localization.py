@@ -62,6 +62,8 @@ from .utils import Timer, merge_config
 
 logger = logging.getLogger(__name__)
 
+SCALED_MAP_CAMERA = "map-scaled"  # camera source: a map camera of the query's aspect ratio, rescaled
+
 MODEL_DIR = "model"
 FEATURES_FILE = "features.h5"
 LOG_FILE = "localize_log.json"
@@ -97,7 +99,7 @@ class LocalizationConfig:
     seed: int = field(default=0, metadata={"help": "RANSAC seed"})
     camera_source: Literal["auto", "map", "estimate"] = field(
         default="auto", metadata={"help": "auto | map | estimate (auto: user > EXIF > the map's camera of the query's size "
-                                          "> estimate)"})
+                                          "> the map's camera of its aspect ratio, scaled > estimate)"})
     camera_model: str = field(default="SIMPLE_RADIAL", metadata={"help": "query camera model (with camera_params)"})
     camera_params: str | None = field(default=None, metadata={"help": "query intrinsics 'fx,fy,cx,cy,...' (COLMAP)"})
     refine_intrinsics: bool | None = field(
@@ -610,7 +612,9 @@ class Localizer:
 
         ``auto``: the user's intrinsics, else EXIF, else the camera of the best retrieved map image of
         the query's size (a photo of the map's own device: its calibration is what the map estimated
-        from many images), else an estimated focal length. ``map`` skips user and EXIF; ``estimate``
+        from many images), else that of the best retrieved map image of the query's aspect ratio scaled
+        to its size (``map-scaled``: the start of the pose's intrinsics refinement), else an estimated
+        focal length. ``map`` skips user and EXIF; ``estimate``
         always estimates.
         """
         from .database import DatabaseConfig, make_cameras
@@ -633,6 +637,12 @@ class Localizer:
                 cam = self.reconstruction.images[self.map[n].image_id].camera
                 if (cam.width, cam.height) == (w, h):
                     return copy.deepcopy(cam), "map", True
+            for n in retrieved:  # maybe the map's device at another resolution: its camera scaled, focal refined
+                cam = self.reconstruction.images[self.map[n].image_id].camera
+                if cam.width * h == cam.height * w:
+                    scaled = copy.deepcopy(cam)
+                    scaled.rescale(w, h)
+                    return scaled, SCALED_MAP_CAMERA, True
             if c.camera_source == "map":
                 logger.warning("%s: no retrieved map camera of size %dx%d; its focal length is estimated", name, w, h)
         import pycolmap
@@ -690,7 +700,9 @@ class Localizer:
         groups = [names]
         if c.covisibility_clustering and len(names) > 1:
             groups = [[names[i] for i in g] for g in covisibility_clusters([self.map[n].point3D_ids for n in names])]
-        refine = c.refine_intrinsics if c.refine_intrinsics is not None else not focal_known
+        # a scaled map camera is a start, not a calibration: RANSAC uses it, the refinement adjusts it
+        refine = (c.refine_intrinsics if c.refine_intrinsics is not None
+                  else not focal_known or result.camera_source == SCALED_MAP_CAMERA)
         best = None
         total = merge_correspondences([per_image[n] for n in names])
         result.num_2d3d = int(len(total[1]))

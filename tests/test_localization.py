@@ -340,12 +340,17 @@ def test_query_camera_sources(tmp_path, scene):
     sub.mkdir(parents=True)
     cv2.imwrite(str(sub / "a.png"), np.zeros((H, W), np.uint8))
     cv2.imwrite(str(sub / "small.png"), np.zeros((100, 200), np.uint8))
+    cv2.imwrite(str(sub / "half.png"), np.zeros((H // 2, W // 2), np.uint8))
     loc = Localizer(root, root / "images", {"num_retrieved": 50, "matcher": "sift"})
     cam, src, known = loc.query_camera(sub / "a.png", "sub/a.png", loc.names)  # the map's size, no EXIF
     assert (src, known) == ("map", True) and cam.params[0] == pytest.approx(F)
     cam, src, known = loc.query_camera(sub / "small.png", "sub/small.png", loc.names)  # no map camera of its size
     assert (src, known, cam.model_name) == ("estimated", False, "SIMPLE_RADIAL")
     assert cam.params[0] == pytest.approx(1.2 * 200)
+    # the map's aspect ratio at half size: the map's camera scaled (focal and principal point halved)
+    cam, src, known = loc.query_camera(sub / "half.png", "sub/half.png", loc.names)
+    assert (src, known, (cam.width, cam.height)) == ("map-scaled", True, (W // 2, H // 2))
+    assert cam.params[0] == pytest.approx(F / 2)
     est = Localizer(root, root / "images", {"num_retrieved": 50, "matcher": "sift", "camera_source": "estimate"})
     cam, src, known = est.query_camera(sub / "a.png", "sub/a.png", loc.names)
     assert (src, known) == ("estimated", False) and cam.params[0] == pytest.approx(1.2 * W)
