@@ -340,6 +340,17 @@ def read_only(db_path: Path) -> Iterator[sqlite3.Connection]:
         con.close()
 
 
+@contextlib.contextmanager
+def _reading(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """:func:`read_only` for the readers of a stage's database: a file that is not a readable SQLite database
+    raises :class:`InputError` naming it (on opening or on any query)."""
+    try:
+        with read_only(db_path) as con:
+            yield con
+    except sqlite3.DatabaseError as e:
+        raise InputError(f"{db_path} is not a COLMAP database ({e}): run the database stage again") from None
+
+
 def _intact(db_path: Path, stats: dict) -> bool:
     """Whether ``db_path`` is a readable SQLite database with the images and pairs ``stats`` recorded for it."""
     try:
@@ -400,20 +411,14 @@ def database_fingerprint(db_path: Path) -> str:
 
 def image_ids_by_name(db_path: Path) -> dict[str, int]:
     """{image name: image id} of a database (map by name, never assume id order); read-only."""
-    try:
-        with read_only(db_path) as con:
-            return dict(con.execute("SELECT name, image_id FROM images").fetchall())
-    except sqlite3.DatabaseError as e:
-        raise InputError(f"{db_path} is not a COLMAP database ({e}): run the database stage again") from None
+    with _reading(db_path) as con:
+        return dict(con.execute("SELECT name, image_id FROM images").fetchall())
 
 
 def images_per_camera(db_path: Path) -> dict[int, int]:
     """{camera_id: number of images} of a database; read-only."""
-    try:
-        with read_only(db_path) as con:
-            return dict(con.execute("SELECT camera_id, COUNT(*) FROM images GROUP BY camera_id").fetchall())
-    except sqlite3.DatabaseError as e:
-        raise InputError(f"{db_path} is not a COLMAP database ({e}): run the database stage again") from None
+    with _reading(db_path) as con:
+        return dict(con.execute("SELECT camera_id, COUNT(*) FROM images GROUP BY camera_id").fetchall())
 
 
 def run_database(output: Path, images: Path, config: DatabaseConfig | None = None) -> Path:
@@ -503,15 +508,12 @@ def read_images_table(db_path: Path) -> list[dict]:
     """
     import pycolmap
 
-    try:
-        with read_only(db_path) as con:
-            cams = {cid: {"model": pycolmap.CameraModelId(model).name, "width": w, "height": h,
-                          "params": np.frombuffer(blob or b"", np.float64).tolist()}
-                    for cid, model, w, h, blob in con.execute("SELECT camera_id, model, width, height, params FROM cameras")}
-            rows = con.execute("SELECT i.image_id, i.name, i.camera_id, COALESCE(k.rows, 0) FROM images i "
-                               "LEFT JOIN keypoints k ON k.image_id = i.image_id ORDER BY i.name").fetchall()
-    except sqlite3.DatabaseError as e:
-        raise InputError(f"{db_path} is not a COLMAP database ({e}): run the database stage again") from None
+    with _reading(db_path) as con:
+        cams = {cid: {"model": pycolmap.CameraModelId(model).name, "width": w, "height": h,
+                      "params": np.frombuffer(blob or b"", np.float64).tolist()}
+                for cid, model, w, h, blob in con.execute("SELECT camera_id, model, width, height, params FROM cameras")}
+        rows = con.execute("SELECT i.image_id, i.name, i.camera_id, COALESCE(k.rows, 0) FROM images i "
+                           "LEFT JOIN keypoints k ON k.image_id = i.image_id ORDER BY i.name").fetchall()
     return [{"name": name, "image_id": iid, "camera_id": cid, "keypoints": int(n), "camera": cams.get(cid)}
             for iid, name, cid, n in rows]
 
@@ -526,14 +528,11 @@ def read_pairs_table(db_path: Path) -> list[dict]:
     """
     import pycolmap
 
-    try:
-        with read_only(db_path) as con:
-            names = dict(con.execute("SELECT image_id, name FROM images"))
-            matches = dict(con.execute("SELECT pair_id, rows FROM matches"))
-            tvgs = {pid: (rows, config) for pid, rows, config in
-                    con.execute("SELECT pair_id, rows, config FROM two_view_geometries")}
-    except sqlite3.DatabaseError as e:
-        raise InputError(f"{db_path} is not a COLMAP database ({e}): run the database stage again") from None
+    with _reading(db_path) as con:
+        names = dict(con.execute("SELECT image_id, name FROM images"))
+        matches = dict(con.execute("SELECT pair_id, rows FROM matches"))
+        tvgs = {pid: (rows, config) for pid, rows, config in
+                con.execute("SELECT pair_id, rows, config FROM two_view_geometries")}
     out = []
     for pid in sorted(set(matches) | set(tvgs)):
         a, b = pycolmap.pair_id_to_image_pair(int(pid))
