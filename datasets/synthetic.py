@@ -584,6 +584,24 @@ def generate(output: Path, cfg: SceneConfig | None = None) -> dict:
     return manifest
 
 
+def generate_cached(output: Path, cfg: SceneConfig) -> Path:
+    """:func:`generate` into ``output`` unless it already holds the scene of ``cfg`` (its manifest's config);
+    a folder holding another scene is replaced. Returns ``output``."""
+    import shutil
+    import time
+
+    output = Path(output)
+    manifest = output / "synthetic.json"
+    if manifest.exists() and json.loads(manifest.read_text())["config"] == json.loads(json.dumps(asdict(cfg))):
+        return output
+    if output.exists():
+        shutil.rmtree(output)
+    t = time.perf_counter()
+    generate(output, cfg)
+    logger.info("generated %s in %.1f s", output, time.perf_counter() - t)
+    return output
+
+
 def write_matches(output: Path, cfg: SceneConfig, pairs: list[tuple[str, str]], progress: bool = False) -> list[int]:
     """Raw matches of any pair list (image names of the scene ``cfg``, e.g. a ``pairs.txt`` written by the
     pairs stage) into ``output/matches.h5``, as the matching stage would write them.

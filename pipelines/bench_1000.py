@@ -34,7 +34,6 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -64,15 +63,7 @@ def make_scene(work: Path, cfg: synthetic.SceneConfig) -> Path:
     """Images + GT of ``cfg`` under ``work`` (reused when a scene of the same configuration is there)."""
     tag = f"n{cfg.num_images}_{cfg.width}x{cfg.height}_arc{cfg.arc_deg:g}_{'render' if cfg.render else 'blank'}_s{cfg.seed}"
     scene = work / f"scene_{tag}"
-    manifest = scene / "synthetic.json"
-    if manifest.exists() and json.loads(manifest.read_text())["config"] == json.loads(json.dumps(asdict(cfg))):
-        return scene
-    if scene.exists():
-        shutil.rmtree(scene)
-    t = time.perf_counter()
-    synthetic.generate(scene, cfg)
-    logger.info("generated %s in %.0f s", scene, time.perf_counter() - t)
-    return scene
+    return synthetic.generate_cached(scene, cfg)
 
 
 def stage(name: str, args: list[str]) -> dict:

@@ -29,7 +29,6 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,15 +53,7 @@ def scene_config(n: int, neighbors: int, width: int, height: int, seed: int) -> 
 def make_scene(work: Path, cfg: synthetic.SceneConfig) -> Path:
     """Generate the scene under ``work`` unless a scene of the same configuration is there."""
     scene = work / f"scene_n{cfg.num_images}_k{cfg.num_neighbors}_{cfg.width}x{cfg.height}_s{cfg.seed}"
-    manifest = scene / "synthetic.json"
-    if manifest.exists() and json.loads(manifest.read_text())["config"] == json.loads(json.dumps(asdict(cfg))):
-        return scene
-    if scene.exists():
-        shutil.rmtree(scene)
-    t = time.perf_counter()
-    synthetic.generate(scene, cfg)
-    logger.info("generated %s in %.1f s", scene, time.perf_counter() - t)
-    return scene
+    return synthetic.generate_cached(scene, cfg)
 
 
 def run_stage(args: list[str]) -> dict:
