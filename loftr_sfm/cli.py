@@ -358,7 +358,7 @@ def run(argv: list[str] | None = None) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from loftr_sfm.io import ImageReadError, InputError
+    from loftr_sfm.io import ImageReadError, InputError, disk_full_error, is_disk_full
 
     try:
         result = run(argv)
@@ -374,7 +374,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except OSError as e:  # unwritable or full output, a file where a folder is expected, ...
         where = e.filename if e.filename is not None else "a file of the run"
-        logger.error("cannot use %s: %s (finished files are left as they were)", where, e.strerror or e)
+        if is_disk_full(e):
+            logger.error("%s", disk_full_error(where))
+        else:
+            logger.error("cannot use %s: %s (finished files are left as they were)", where, e.strerror or e)
         logger.debug("traceback", exc_info=True)
         return 2
     failure = job_failure(result)

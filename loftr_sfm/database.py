@@ -46,7 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import UNREADABLE_ATTR, InputError, atomic_path, image_size, matches_backend, read_pairs
+from .io import (UNREADABLE_ATTR, InputError, atomic_path, disk_full_error, image_size, is_disk_full, matches_backend,
+                 read_pairs, require_space)
 from .utils import Timer, merge_config, progress
 from .workspace import MERGED_MATCHES_FILE, record_stage_time
 
@@ -348,7 +349,16 @@ def _reading(db_path: Path) -> Iterator[sqlite3.Connection]:
         with read_only(db_path) as con:
             yield con
     except sqlite3.DatabaseError as e:
+        # a full disk makes SQLite fail even to read (its shared-memory index of the write-ahead log needs room)
+        if is_disk_full(e) or ("disk I/O error" in str(e) and _low_space(db_path)):
+            raise disk_full_error(db_path) from None
         raise InputError(f"{db_path} is not a COLMAP database ({e}): run the database stage again") from None
+
+
+def _low_space(path: Path) -> bool:
+    import shutil
+
+    return shutil.disk_usage(Path(path).parent).free < 2**20
 
 
 def _intact(db_path: Path, stats: dict) -> bool:
@@ -421,6 +431,12 @@ def images_per_camera(db_path: Path) -> dict[int, int]:
         return dict(con.execute("SELECT camera_id, COUNT(*) FROM images GROUP BY camera_id").fetchall())
 
 
+def keypoint_count(db_path: Path) -> int:
+    """Number of keypoints in a database (all images); read-only."""
+    with _reading(db_path) as con:
+        return int(con.execute("SELECT COALESCE(SUM(rows), 0) FROM keypoints").fetchone()[0])
+
+
 def run_database(output: Path, images: Path, config: DatabaseConfig | None = None) -> Path:
     """Build ``output/database.db`` from ``features.h5`` + ``merged_matches.h5`` (+ ``pairs.txt``).
 
@@ -471,6 +487,10 @@ def run_database(output: Path, images: Path, config: DatabaseConfig | None = Non
                 except KeyError:
                     continue
                 pm.append((a, b, m))
+        # COLMAP's rows: keypoints (at most 6 float32 each), matches and inlier matches (2 uint32 each); its write-ahead
+        # log may hold all of it once more before the file is complete
+        require_space(db_path, 2 * (24 * sum(len(f["keypoints"]) for f in features.values())
+                                    + 16 * sum(len(m) for _, _, m in pm)) + 2**20)
         with atomic_path(db_path) as tmp:
             tmp.unlink()  # pycolmap creates the file
             write_database(tmp, features, pm, images, cfg)
@@ -492,7 +512,8 @@ def run_database(output: Path, images: Path, config: DatabaseConfig | None = Non
                     f"only {link['verified_pairs']} verified pair(s) "
                     f"({', '.join(f'{a} {b}' for a, b in link['pairs'])})" if link["pairs"] else "no verified pair")
             stats = {**database_stats(tmp), "rejected_pairs": len(rejected), "weak_links": links}
-        stamp.write_text(json.dumps({"signature": sig, "stats": stats}, indent=1))
+        with atomic_path(stamp) as tmp:
+            tmp.write_text(json.dumps({"signature": sig, "stats": stats}, indent=1))
     logger.info(
         "database: %d images, %d cameras, %d keypoints, %d matched pairs, %d verified pairs in %.1f s",
         stats["images"], stats["cameras"], stats["keypoints"], stats["matched_pairs"], stats["verified_pairs"], t.seconds,

@@ -19,10 +19,12 @@ HDF5 layouts (hloc-compatible):
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import shlex
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -46,6 +48,10 @@ class ImageReadError(ValueError):
 
 class InputError(ValueError):
     """Bad user input (missing file, malformed pairs file, unknown image...)."""
+
+
+class DiskFullError(InputError):
+    """The file system of a stage's output has no room for what the stage writes; finished files are untouched."""
 
 
 # --------------------------------------------------------------------------- images
@@ -262,6 +268,67 @@ def write_pairs(path: str | Path, pairs: Iterable[tuple[str, str]]) -> None:
         Path(tmp).write_text(text)
 
 
+# --------------------------------------------------------------------------- free space
+
+#: bytes a stage leaves free beyond its estimated output (SQLite journals, logs, temporaries). HDF5 (h5py) and
+#: COLMAP's writers do not fail cleanly on a full disk (a segmentation fault, an abort, a silently truncated file),
+#: so every stage checks the free space for what it is about to write before it writes.
+SPACE_RESERVE = 16 * 2**20
+
+
+def _free_bytes(path: Path) -> int:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def _megabytes(n: float) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` reports a full disk or an exhausted quota (an OSError, or HDF5's and SQLite's own errors)."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return any(t in text for t in ("errno = 28", "No space left on device", "database or disk is full",
+                                   "Disk quota exceeded"))
+
+
+def disk_full_error(path: str | Path, need: int | None = None) -> DiskFullError:
+    """The one message of a full disk: the path, the free and the needed space, what to do."""
+    free = _free_bytes(Path(path))
+    needed = f", about {_megabytes(need + SPACE_RESERVE)} needed" if need is not None else ""
+    return DiskFullError(f"no space left for {path}: {_megabytes(free)} free on its device{needed}; free some space "
+                         "(or choose another output folder) and run the same command again: finished stages are kept")
+
+
+def write_failure(path: str | Path, e: BaseException) -> InputError:
+    """The error of a failed write of ``path`` by a writer that does not say why (COLMAP's): a full disk when the
+    device is (nearly) full, else the writer's own message."""
+    if is_disk_full(e) or _free_bytes(Path(path)) < SPACE_RESERVE:
+        return disk_full_error(path)
+    return InputError(f"cannot write {path}: {e}")
+
+
+def require_space(path: str | Path, need: int) -> None:
+    """Raise :class:`DiskFullError` naming ``path`` unless its file system has ``need`` + :data:`SPACE_RESERVE`
+    bytes free (``path`` may not exist yet: its nearest existing parent is asked)."""
+    if _free_bytes(Path(path)) < need + SPACE_RESERVE:
+        raise disk_full_error(path, need)
+
+
+def h5_bytes(arrays: Iterable[np.ndarray], groups: int = 0) -> int:
+    """An upper estimate of the HDF5 file holding ``arrays`` in ``groups`` groups (data + object headers)."""
+    return sum(int(a.nbytes) + 1024 for a in arrays) + 2048 * groups + 65536
+
+
+def file_bytes(*paths: str | Path) -> int:
+    """Total size of the files among ``paths`` that exist."""
+    return sum(Path(p).stat().st_size for p in paths if Path(p).is_file())
+
+
 # --------------------------------------------------------------------------- atomic writes
 
 
@@ -269,11 +336,17 @@ def write_pairs(path: str | Path, pairs: Iterable[tuple[str, str]]) -> None:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched; a full disk is raised as
+    :class:`DiskFullError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if is_disk_full(e):
+            raise disk_full_error(path) from e
+        raise
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -282,6 +355,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except Exception as e:
+        if is_disk_full(e) and not isinstance(e, DiskFullError):
+            raise disk_full_error(path) from e
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -50,11 +50,14 @@ from .io import (
     ImageReadError,
     InputError,
     atomic_path,
+    file_bytes,
+    h5_bytes,
     image_size,
     list_images,
     names_to_pair,
     read_image,
     read_pairs,
+    require_space,
     write_raw_matches,
 )
 from .matchers import DEFAULT_MATCHER, InputSpec, MatcherBackend, PairMatches, build_matcher, parse_options
@@ -314,6 +317,8 @@ class MatchesWriter:
         self.journal.mkdir(parents=True, exist_ok=True)
         self._count += 1
         name = f"batch_{time.time_ns():020d}_{os.getpid()}_{self._count:06d}.h5"
+        require_space(self.path, h5_bytes((a for _, _, m in results for a in (m.keypoints0, m.keypoints1,
+                                                                                          m.scores)), len(results)))
         with atomic_path(self.journal / name) as tmp:
             with h5py.File(tmp, "w") as f:
                 for n0, n1, m in results:
@@ -338,6 +343,7 @@ class MatchesWriter:
                     self._set_attrs(f)
             return 0
         merged, used = 0, []
+        require_space(self.path, file_bytes(self.path, *files))  # a complete new copy beside the old one
         with atomic_path(self.path) as tmp:
             if self.path.exists():
                 shutil.copyfile(self.path, tmp)
@@ -487,6 +493,7 @@ def match_pairs(
     if not todo:
         stats.seconds = time.perf_counter() - t_start
         return stats
+    require_space(writer.path, 0)  # a full disk fails here, not after the first batch
 
     if matcher is None:
         if config.executor == "ray":  # workers of a Ray cluster stand in for the backend (loftr_sfm.distributed)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import ImageReadError, InputError, atomic_path, read_image
+from .io import ImageReadError, InputError, atomic_path, file_bytes, h5_bytes, read_image, require_space
 from .utils import merge_config
 
 logger = logging.getLogger(__name__)
@@ -281,6 +281,7 @@ def _write_descriptors(path: Path, items: Mapping[str, np.ndarray]) -> None:
 
     if not items:
         return
+    require_space(path, file_bytes(path) + h5_bytes((np.asarray(d, np.float32) for d in items.values()), len(items)))
     with atomic_path(path) as tmp:
         if path.exists():
             shutil.copyfile(path, tmp)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import (UNREADABLE_ATTR, ImageReadError, InputError, atomic_path, find_pair, image_size, list_images, read_pairs,
-                  read_raw_group)
+from ..io import (UNREADABLE_ATTR, ImageReadError, InputError, atomic_path, find_pair, h5_bytes, image_size, list_images,
+                  read_pairs, read_raw_group, require_space)
 from ..utils import Timer, merge_config
 from ..workspace import MERGED_MATCHES_FILE, record_stage_time
 from .merge import merge_pairs
@@ -93,7 +93,9 @@ def _read_raw(f, key: str, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
 def _signature(pairs_path: Path, cfg: KeypointsConfig, names: list[str]) -> str:
     h = hashlib.sha1()
     h.update(pairs_path.read_bytes())
-    h.update(json.dumps({**asdict(cfg), "overwrite": False, "read_ahead_mb": 0}, sort_keys=True).encode())
+    # the preset counts through the cell size and error it resolves to (in ``names``): "auto" and the matcher's own
+    # preset make the same files
+    h.update(json.dumps({**asdict(cfg), "overwrite": False, "read_ahead_mb": 0, "preset": ""}, sort_keys=True).encode())
     h.update("\n".join(names).encode())
     return h.hexdigest()
 
@@ -209,6 +211,11 @@ def run_keypoints(output: Path, images: Path | None = None, config: KeypointsCon
         else:
             kp = res.keypoints[i]
             sizes.append(tuple(int(np.ceil(v)) + 1 for v in kp.max(0)) if len(kp) else (0, 0))
+    # both files fit, or neither is written: matches0 + scores (8 bytes per keypoint of image0 of each pair),
+    # keypoints + scores (12 bytes per keypoint)
+    need = (sum(8 * len(res.keypoints[pair_images[p][0]]) + 4096 for p in range(len(keys)))
+            + h5_bytes((a for i in range(len(names)) for a in (res.keypoints[i], res.scores[i])), len(names)))
+    require_space(output / MERGED_MATCHES_FILE, need)
     # ---- matches0 into a file of their own (matches.h5 is never edited: a kill loses only this stage's work);
     # features.h5 is written last and marks completion
     with atomic_path(output / MERGED_MATCHES_FILE) as tmp, h5py.File(tmp, "w") as f:

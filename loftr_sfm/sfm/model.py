@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import InputError
+from ..io import InputError, require_space, write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +44,53 @@ def model_stats(rec) -> dict:
     }
 
 
+#: an upper bound of the model files per database keypoint: binary (24 bytes per 2D point, at most one 3D point per
+#: two keypoints at 43 + 16 bytes), text (about 1.7x binary), PLY
+MODEL_BYTES_PER_KEYPOINT = 160
+
+
+def model_bytes(rec) -> int:
+    """An upper estimate of the bytes of model/ + model_txt/ + points.ply for ``rec``."""
+    binary = sum(100 + len(im.name) + 24 * im.num_points2D() for im in rec.images.values())
+    binary += sum(43 + 8 * p.track.length() for p in rec.points3D.values()) + 4096 * (rec.num_cameras() + 1)
+    return 3 * binary + 32 * rec.num_points3D() + 4096
+
+
 def write_model(rec, output: Path) -> None:
-    """model/ (binary), model_txt/ (text) and points.ply, each replaced atomically."""
+    """model/ (binary), model_txt/ (text) and points.ply, each replaced atomically.
+
+    COLMAP's writers do not report a full disk (they leave truncated files), so the free space is checked first
+    and each written model is read back (same images and points) before it replaces the old one; a failure raises
+    :class:`~loftr_sfm.io.DiskFullError` naming the output and leaves the finished files as they were.
+    """
+    import pycolmap
+
     output = Path(output)
+    require_space(output / "model", model_bytes(rec))
+    counts = (rec.num_reg_images(), rec.num_points3D())
     for sub, writer in (("model", rec.write_binary), ("model_txt", rec.write_text)):
         final = output / sub
         tmp = Path(tempfile.mkdtemp(prefix=f".{sub}.", dir=output))
-        writer(str(tmp))
-        if final.exists():
-            shutil.rmtree(final)
+        try:
+            writer(str(tmp))
+            back = pycolmap.Reconstruction(str(tmp))
+            if (back.num_reg_images(), back.num_points3D()) != counts:
+                raise ValueError("the written model does not read back")
+        except Exception as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise write_failure(final, e) from e
+        old = None
+        if final.exists():  # swap: the old model is removed only once the new one is in place
+            old = Path(tempfile.mkdtemp(prefix=f".{sub}.old.", dir=output))
+            final.replace(old / sub)
         tmp.replace(final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     tmp_ply = output / ".points.ply.tmp"
     rec.export_PLY(str(tmp_ply))
+    if rec.num_points3D() and tmp_ply.stat().st_size < 12 * rec.num_points3D():  # x, y, z float32 per point at least
+        tmp_ply.unlink()
+        raise write_failure(output / "points.ply", ValueError("the written file is truncated"))
     tmp_ply.replace(output / "points.ply")
 
 

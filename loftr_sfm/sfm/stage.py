@@ -21,13 +21,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from ..database import database_fingerprint, image_ids_by_name, images_per_camera
-from ..io import InputError, atomic_path, matches_backend
+from ..database import database_fingerprint, image_ids_by_name, images_per_camera, keypoint_count
+from ..io import InputError, atomic_path, file_bytes, matches_backend, require_space
 from ..utils import Timer, merge_config
 from ..workspace import read_stage_times, record_stage_time
 from .cameras import model_images_per_camera, resolve_principal_point, share_cameras
 from .mappers import map_database
-from .model import model_stats, quiet_pycolmap, write_model
+from .model import MODEL_BYTES_PER_KEYPOINT, model_stats, quiet_pycolmap, write_model
 from .options import MappingConfig
 from .refine import filter_model, refine_model_tracks, track_refinement_wanted
 
@@ -100,6 +100,8 @@ def run_mapping(output: Path, images: Path, config: MappingConfig | dict | None 
         return old
     per_camera = images_per_camera(db_path)
     num_images = sum(per_camera.values())
+    # room for the model files (and a mapper's copy of the database) before minutes of mapping, not after
+    require_space(output / "model", MODEL_BYTES_PER_KEYPOINT * keypoint_count(db_path) + file_bytes(db_path))
     cameras = resolve_principal_point(cfg.cameras, per_camera)
     with Timer() as t:
         rec, attempts = map_database(db_path, images, cfg, cameras, num_images)
