@@ -88,6 +88,56 @@ def test_one_fallback_run_of_the_other_mapper_when_too_few_images_register(scene
     assert [a["mapper"] for a in s["attempts"]] == ["global"] and s["unregistered_images"] == []
 
 
+def _turned(rec, names, degrees: float):
+    """A copy of ``rec`` with the images ``names`` turned by ``degrees`` about their own x axis (across the
+    epipolar lines of the scene's side-by-side cameras)."""
+    out = pycolmap.Reconstruction(rec)
+    turn = pycolmap.Rotation3d(np.array([np.sin(np.radians(degrees) / 2), 0.0, 0.0, np.cos(np.radians(degrees) / 2)]))
+    for im in out.images.values():
+        if im.name in names:
+            pose = im.cam_from_world()
+            out.frame(im.frame_id).rig_from_world = pycolmap.Rigid3d(turn * pose.rotation, turn * pose.translation)
+    return out
+
+
+def test_explained_pairs_counts_the_verified_pairs_a_model_agrees_with(scene):
+    from loftr_sfm.sfm.checks import explained_pairs
+
+    run_mapping(scene, scene / "images", MappingConfig(mapper="incremental"))
+    rec = pycolmap.Reconstruction(str(scene / "model"))
+    right = explained_pairs(rec, scene / "database.db")
+    assert right.registered == 5 and right.pairs == 10 and right.explained == 10 and right.score == 10
+    name = sorted(im.name for im in rec.images.values())[2]
+    wrong = explained_pairs(_turned(rec, {name}, 5.0), scene / "database.db")  # its 4 pairs no longer agree
+    assert wrong.pairs == 10 and wrong.explained == 6 and wrong.score == 2
+    assert explained_pairs(_turned(rec, {name}, 0.05), scene / "database.db").explained == 10  # noise-level: still
+
+
+def test_of_two_models_the_one_that_explains_more_is_kept(scene, tmp_path, monkeypatch):
+    """The fallback's model with every image but two of them turned (pairs glued wrongly) loses to the first
+    model with fewer images and every verified pair explained."""
+    (tmp_path / "database.db").write_bytes((scene / "database.db").read_bytes())
+    real = mappers.run_mapper
+
+    def runs(db_path, images, work, mapper, cfg, cameras, num_images=0):
+        rec, n = real(db_path, images, work, mapper, cfg, cameras, num_images)
+        names = sorted(im.name for im in rec.images.values())
+        if mapper == "incremental":  # 4 of 5 registered, all right
+            rec.deregister_frame(rec.image(min(rec.reg_image_ids())).frame_id)
+        else:  # 5 of 5 registered, 2 of them turned by 10 deg: their 6 pairs with the 3 others unexplained
+            rec = _turned(rec, set(names[1:3]), 10.0)
+        return rec, n
+
+    monkeypatch.setattr(mappers, "run_mapper", runs)
+    s = run_mapping(tmp_path, scene / "images", {"mapper": "incremental"})
+    inc, glo = s["attempts"]
+    assert (inc["mapper"], inc["registered"], inc["chosen"]) == ("incremental", 4, True)
+    assert (glo["mapper"], glo["registered"], glo["chosen"]) == ("global", 5, False)
+    assert inc["explained_pairs"] == inc["verified_pairs"] == 6 and glo["verified_pairs"] == 10
+    assert glo["explained_pairs"] == 4 and glo["score"] == -2 and inc["score"] == 6
+    assert s["registered"] == 4 and s["mapper"] == "incremental"
+
+
 def test_nothing_removes_a_registered_image_and_the_refinements_are_opt_in(scene, tmp_path):
     (tmp_path / "database.db").write_bytes((scene / "database.db").read_bytes())
     s = run_mapping(tmp_path, scene / "images")

@@ -4,8 +4,10 @@ One run of the chosen mapper (pycolmap's defaults but for the seed, the thread c
 minimum of verified inliers per pair and the intrinsics bundle adjustment refines); the model
 with most registered images is kept (pycolmap returns every model it started, the first one
 is not the largest). The only second run: when that model registers fewer than
-``min_registered`` of the database's images (``fallback``), the other mapper runs once and the
-model with more registered images (then more points) is kept. Nothing is removed from a model.
+``min_registered`` of the database's images (``fallback``), the other mapper runs once, and of the
+two models the one that explains more of the database's verified geometry is kept: verified pairs
+between its images that it explains, minus those it contradicts (:mod:`.checks`; a model with more
+images but pairs glued in the wrong place loses). Nothing is removed from a model.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .checks import explained_pairs
 from .options import MAPPERS, CameraOptions, MappingConfig
 
 logger = logging.getLogger(__name__)
@@ -90,7 +93,7 @@ def map_database(db_path: Path, images: Path, cfg: MappingConfig, cameras: Camer
     """
     order = [cfg.mapper]
     attempts: list[dict] = []
-    best = None
+    models: list = []
     with tempfile.TemporaryDirectory(prefix=".mapping.", dir=db_path.parent) as tmp:
         while order:
             mapper = order.pop(0)
@@ -102,15 +105,23 @@ def map_database(db_path: Path, images: Path, cfg: MappingConfig, cameras: Camer
                              "seconds": round(time.perf_counter() - t0, 2), "chosen": False})
             logger.info("mapping (%s): %d/%d images registered in the largest of %d model(s), %.1f s", mapper,
                         registered, num_images, n_models, attempts[-1]["seconds"])
-            if rec is not None and (best is None or (registered, rec.num_points3D())
-                                    > (best[0].num_reg_images(), best[0].num_points3D())):
-                best = (rec, len(attempts) - 1)
+            models.append(rec)
             if len(attempts) == 1 and cfg.fallback and registered < cfg.min_registered * num_images:
                 other = next(m for m in MAPPERS if m != mapper)
                 logger.warning("mapping: the %s mapper registered %d of %d images; trying the %s mapper once",
                                mapper, registered, num_images, other)
                 order.append(other)
-    if best is None:
+    candidates = [i for i, rec in enumerate(models) if rec is not None]
+    if not candidates:
         return None, attempts
-    attempts[best[1]]["chosen"] = True
-    return best[0], attempts
+    if len(candidates) > 1:  # two models of one database: the one that explains more of its verified geometry
+        for i in candidates:
+            attempts[i].update(explained_pairs(models[i], db_path).to_dict())
+        logger.info("mapping: %s", "; ".join(
+            f"{attempts[i]['mapper']} {attempts[i]['registered']} images, {attempts[i]['explained_pairs']} of "
+            f"{attempts[i]['verified_pairs']} verified pairs explained (score {attempts[i]['score']})"
+            for i in candidates))
+    best = max(candidates, key=lambda i: (attempts[i].get("score", 0.0), attempts[i]["registered"],
+                                          attempts[i]["points"]))
+    attempts[best]["chosen"] = True
+    return models[best], attempts
