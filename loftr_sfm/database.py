@@ -46,8 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import (UNREADABLE_ATTR, InputError, atomic_path, disk_full_error, image_size, is_disk_full, matches_backend,
-                 read_pairs, require_space)
+from .io import (UNREADABLE_ATTR, InputError, atomic_path, disk_full_error, image_size, is_disk_full, low_space,
+                 matches_backend, read_pairs, require_space)
 from .utils import Timer, merge_config, progress
 from .workspace import MERGED_MATCHES_FILE, record_stage_time
 
@@ -350,15 +350,9 @@ def _reading(db_path: Path) -> Iterator[sqlite3.Connection]:
             yield con
     except sqlite3.DatabaseError as e:
         # a full disk makes SQLite fail even to read (its shared-memory index of the write-ahead log needs room)
-        if is_disk_full(e) or ("disk I/O error" in str(e) and _low_space(db_path)):
+        if is_disk_full(e) or ("disk I/O error" in str(e) and low_space(db_path)):
             raise disk_full_error(db_path) from None
         raise InputError(f"{db_path} is not a COLMAP database ({e}): run the database stage again") from None
-
-
-def _low_space(path: Path) -> bool:
-    import shutil
-
-    return shutil.disk_usage(Path(path).parent).free < 2**20
 
 
 def _intact(db_path: Path, stats: dict) -> bool:

@@ -304,10 +304,15 @@ def disk_full_error(path: str | Path, need: int | None = None) -> DiskFullError:
                          "(or choose another output folder) and run the same command again: finished stages are kept")
 
 
+def low_space(path: str | Path) -> bool:
+    """Whether the file system of ``path`` has less than :data:`SPACE_RESERVE` free."""
+    return _free_bytes(Path(path)) < SPACE_RESERVE
+
+
 def write_failure(path: str | Path, e: BaseException) -> InputError:
     """The error of a failed write of ``path`` by a writer that does not say why (COLMAP's): a full disk when the
     device is (nearly) full, else the writer's own message."""
-    if is_disk_full(e) or _free_bytes(Path(path)) < SPACE_RESERVE:
+    if is_disk_full(e) or low_space(path):
         return disk_full_error(path)
     return InputError(f"cannot write {path}: {e}")
 
