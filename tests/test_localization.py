@@ -367,6 +367,29 @@ def test_query_camera_sources(tmp_path, scene):
         Localizer(root, root / "images", {"camera_source": "exif"})
 
 
+def test_a_scaled_map_camera_is_held_when_the_refinement_confirms_it(scene):
+    """A query of the map's device at half size: the refined focal length lands within 3 % of the scaled camera's,
+    which is then held (exact focal); a query whose focal length is 12 % longer keeps its refined focal length."""
+    import pycolmap
+
+    gt, root, query = scene
+    loc = Localizer(root, root / "images", {"num_retrieved": 50, "matcher": "sift"})
+    cam = next(i for i in gt.images.values() if i.name == query).camera
+    half = pycolmap.Camera(model=cam.model, width=W // 2, height=H // 2, params=np.asarray(cam.params) / 2)
+    R, _ = gt_pose(gt, query)
+    centre = np.array([cam.params[1], cam.params[2]]) - 0.5  # the principal point, OpenCV convention
+    for zoom, held in ((1.0, True), (1.12, False)):
+        matches = synthetic_matches(gt, loc, query, loc.names[:3], np.random.default_rng(3), outliers=0.1)
+        # the query at half size, its focal length `zoom` times the scaled camera's (a crop of another device)
+        matches = {n: ((centre + (kq - centre) * zoom) / 2, km, sc) for n, (kq, km, sc) in matches.items()}
+        res = loc.localize_from_matches(QueryResult(query, camera_source="map-scaled"), matches, half, focal_known=True)
+        assert res.success and rotation_error_deg(res.R, R) < 0.2
+        if held:
+            assert res.camera["params"][0] == F / 2
+        else:
+            assert res.camera["params"][0] == pytest.approx(1.12 * F / 2, rel=0.01)
+
+
 def test_covisibility_clustering_single_cluster(scene):
     """With clustering on, a connected set of retrieved images is one cluster and gives the pose
     (the split into several clusters is tested in test_covisibility_clusters)."""

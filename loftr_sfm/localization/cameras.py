@@ -6,7 +6,9 @@ The rule (``camera_source``): ``auto`` takes the user's intrinsics (``camera_mod
 :func:`loftr_sfm.database.make_cameras`), else the camera of the best retrieved map image of the
 query's size (a photo of the map's own device, whose calibration the map estimated from many
 images), else that of the best retrieved map image of the query's aspect ratio rescaled to its size
-(``map-scaled``: a start for the intrinsics refinement, not a calibration), else a focal length
+(``map-scaled``: a start for the intrinsics refinement, not a calibration; when the refinement moves its focal
+length by less than :data:`SCALED_FOCAL_TOLERANCE`, the query is taken for the map's device at another
+resolution and its pose is estimated again with the scaled camera held), else a focal length
 to estimate (``SIMPLE_RADIAL`` start with ``f = 1.2 max(w, h)``). ``map`` skips user and EXIF;
 ``estimate`` always estimates.
 """
@@ -26,6 +28,9 @@ from .map import MapImage
 logger = logging.getLogger(__package__)  # one logger for the stage: loftr_sfm.localization
 
 SCALED_MAP_CAMERA = "map-scaled"  # camera source: a map camera of the query's aspect ratio, rescaled
+#: a refined focal length within this share of the scaled map camera's confirms that camera: it is held (a single
+#: query's focal length moves by about 1 % with thousands of inliers, and trades against the depth)
+SCALED_FOCAL_TOLERANCE = 0.03
 
 
 def query_camera(

@@ -16,7 +16,7 @@ import numpy as np
 from ..evaluation import rigid_to_pose, rotation_to_qvec, write_poses
 from ..io import ImageReadError, InputError, image_size, matches_backend, read_raw_matches
 from ..utils import Timer, merge_config
-from .cameras import SCALED_MAP_CAMERA, camera_dict, query_camera
+from .cameras import SCALED_FOCAL_TOLERANCE, SCALED_MAP_CAMERA, camera_dict, query_camera
 from .config import FEATURES_FILE, LOG_FILE, MODEL_DIR, QUERY_PREFIX, LocalizationConfig, QueryResult, _validate
 from .geometry import correspondences_2d3d, covisibility_clusters, estimate_pose, merge_correspondences
 from .map import MapRetriever, load_map_images, map_matcher
@@ -222,6 +222,12 @@ class Localizer:
             )
             return result
         ret, q, ids, group = best
+        if refine and c.refine_intrinsics is None and result.camera_source == SCALED_MAP_CAMERA:
+            start, refined = camera.mean_focal_length(), ret["camera"].mean_focal_length()
+            if abs(refined / start - 1.0) < SCALED_FOCAL_TOLERANCE:  # the map's device: hold its scaled camera
+                held = estimate_pose(q, self.points3D(ids), camera, c.ransac_max_error, False, False, c.seed)
+                if held is not None and held["num_inliers"] >= need:
+                    ret = held
         R, t = rigid_to_pose(ret["cam_from_world"])
         result.success = True
         result.num_inliers = int(ret["num_inliers"])
