@@ -133,9 +133,10 @@ def synthetic_newpos(root: Path, num_map: int = 24, num_queries: int = 8) -> Pat
     return root
 
 
-def link_queries(src: Path, dst: Path, names: list[str], scale: float) -> None:
-    """The queries in ``dst``: links to the originals, or copies resized by ``scale`` (PNG, same names)."""
-    if scale == 1.0:
+def link_queries(src: Path, dst: Path, names: list[str], scale: float, crop: float = 1.0) -> None:
+    """The queries in ``dst``: links to the originals, or copies (PNG, same names) cropped to their central
+    ``crop`` share (a longer focal length: another device of the same aspect ratio) and resized by ``scale``."""
+    if scale == 1.0 and crop == 1.0:
         return link_images(src, dst, names)
     from PIL import Image
 
@@ -145,7 +146,9 @@ def link_queries(src: Path, dst: Path, names: list[str], scale: float) -> None:
         if not target.exists():
             with Image.open(src / n) as im:
                 w, h = im.size
-                im.convert("RGB").resize((round(w * scale), round(h * scale)), Image.LANCZOS).save(
+                cw, ch = round(w * crop), round(h * crop)
+                box = ((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch)
+                im.convert("RGB").crop(box).resize((round(w * scale), round(h * scale)), Image.LANCZOS).save(
                     target, format="PNG")
 
 
@@ -189,15 +192,16 @@ def run_one(scene: str, matcher: str, args) -> dict:
     if args.max_queries:
         queries = queries[: args.max_queries]
     map_images = work / ("map_images" if how in ("every3", "prefix") else f"map_images_{how}")
-    query_images = work / ("queries" if how == "every3" and args.query_scale == 1.0
-                           else f"queries_{how}_x{args.query_scale:g}")
+    crop = f"_crop{args.query_crop:g}" if args.query_crop != 1.0 else ""
+    query_images = work / ("queries" if how == "every3" and args.query_scale == 1.0 and not crop
+                           else f"queries_{how}_x{args.query_scale:g}{crop}")
     link_images(data / "images", map_images, map_names)
-    link_queries(data / "images", query_images, queries, args.query_scale)
+    link_queries(data / "images", query_images, queries, args.query_scale, args.query_crop)
     tag = matcher + ("_gtK" if args.gt_intrinsics else "_defaults" if args.defaults else "")
     if how not in ("every3", "prefix"):
         tag += f"_{how}"  # another map
     map_dir = work / f"map_{tag}"
-    loc_dir = work / f"loc_{tag}" if args.query_scale == 1.0 else work / f"loc_{tag}_x{args.query_scale:g}"
+    loc_dir = work / (f"loc_{tag}" if args.query_scale == 1.0 and not crop else f"loc_{tag}_x{args.query_scale:g}{crop}")
 
     database = {"camera_mode": "single"}
     loc_cfg = {"matcher": matcher, "num_retrieved": args.num_retrieved, "camera_source": "map"}
@@ -251,7 +255,8 @@ def run_one(scene: str, matcher: str, args) -> dict:
                     len(neg), ", ".join(f"{r.name}: {r.num_inliers} inliers" for r in neg if r.success))
     row = {
         "scene": scene,
-        "split": how + (f", queries x{args.query_scale:g}" if args.query_scale != 1.0 else ""),
+        "split": how + (f", queries x{args.query_scale:g}" if args.query_scale != 1.0 else "")
+                 + (f", cropped to {args.query_crop:g}" if crop else ""),
         "matcher": matcher,
         "intrinsics": "GT" if args.gt_intrinsics else "defaults" if args.defaults else "map (estimated)",
         "map_registered": rec_eval.row()["registered"],
@@ -331,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="queries: every third image, or pairs of neighbours (viewpoints the map lacks); the scene "
                          f"{SYNTHETIC_NEWPOS} always has its own queries, rendered from new positions")
     ap.add_argument("--query-scale", type=float, default=1.0, help="queries resized by this factor (another resolution)")
+    ap.add_argument("--query-crop", type=float, default=1.0,
+                    help="queries cropped to this central share first (a longer focal length: another device)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s %(levelname)s] %(message)s", datefmt="%H:%M:%S")
     rows = []
