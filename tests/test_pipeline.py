@@ -5,71 +5,24 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pycolmap
 import pytest
 
-from loftr_sfm.io import find_pair, names_to_pair
-from loftr_sfm.matchers import InputSpec, MatcherBackend, PairMatches, register_matcher
 from loftr_sfm.stages import reconstruct
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "datasets"))
 import synthetic  # noqa: E402
+from served_matcher import ServedMatcher  # noqa: E402
+from served_matcher import register as register_served  # noqa: E402
 
 WEAK = "img_002.png"
 
 
-@dataclass
-class ServedOptions:
-    source: str = ""  # raw matches file to serve
-    weak: str | None = None  # this image's pairs keep only `keep` matches
-    keep: int = 25
-    chance: str = ""  # "a b;c d": these pairs get 30 random matches (images that do not overlap)
-    names: str = ""  # JSON {image name: its name in the source file}, for images renamed after generation
-
-
-class ServedMatcher(MatcherBackend):
-    """Test double: serves a synthetic scene's exact raw matches; ``weak`` names an image whose pairs get
-    only ``keep`` of them, so that it is registered on few points."""
-
-    name = "served"
-    Options = ServedOptions
-    calls: list[tuple[str, str]] = []
-
-    def __init__(self, options: ServedOptions | None = None, device: str = "cpu") -> None:
-        super().__init__(device)
-        self.options = options or ServedOptions()
-        self.spec = InputSpec(grayscale=True, max_side=None)
-
-    def match(self, image0, image1, size0, size1, names0=None, names1=None):
-        out = []
-        with h5py.File(self.options.source, "r") as f:
-            renamed = json.loads(self.options.names or "{}")
-            for a, b in zip(names0, names1):
-                key, rev = find_pair(f, renamed.get(a, a), renamed.get(b, b))
-                k0, k1, sc = (f[key][d][()] for d in ("keypoints0", "keypoints1", "scores"))
-                if rev:
-                    k0, k1 = k1, k0
-                if self.options.weak in (a, b):
-                    k0, k1, sc = k0[: self.options.keep], k1[: self.options.keep], sc[: self.options.keep]
-                chance = {tuple(sorted(p.split())) for p in self.options.chance.split(";") if p}
-                if tuple(sorted((a, b))) in chance:  # a few random matches: too few to verify
-                    rng = np.random.default_rng(len(ServedMatcher.calls))
-                    keep = rng.choice(len(k0), 30, replace=False)  # spread over image0 (not degenerate)
-                    k0, sc = k0[keep], sc[keep]
-                    k1 = (rng.random((30, 2)) * np.asarray(size1[0], np.float32)).astype(np.float32)
-                out.append(PairMatches(k0, k1, sc))
-                ServedMatcher.calls.append((a, b))
-        return out
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    register_matcher("served", ServedMatcher, overwrite=True)
+    register_served()
     root = tmp_path_factory.mktemp("served")
     synthetic.generate(root, synthetic.SceneConfig(num_images=6, width=320, height=240, focal=280, arc_deg=50, seed=5))
     return root
@@ -111,7 +64,7 @@ def test_sequential_pairs_with_a_weak_link_get_loop_closure(tmp_path):
     and records it; a rerun starts there; ``bridge_weak_links=False`` keeps the sequential pairs."""
     from loftr_sfm.io import read_pairs
 
-    register_matcher("served", ServedMatcher, overwrite=True)
+    register_served()
     root = tmp_path / "scene"
     synthetic.generate(root, synthetic.SceneConfig(num_images=16, width=320, height=240, focal=280, arc_deg=60, seed=6))
     across = [(f"img_{i:03d}.png", f"img_{j:03d}.png") for i in range(4, 8) for j in range(8, 12) if j - i <= 4]
@@ -205,7 +158,7 @@ def test_odd_names_an_unreadable_file_and_a_truncated_jpeg_end_to_end(tmp_path, 
     ok, jpg = cv2.imencode(".jpg", cv2.imread(str(scene / "images" / "img_000.png")))
     (images / "cut off.jpg").write_bytes(jpg.tobytes()[: len(jpg) // 2])
 
-    register_matcher("served", ServedMatcher, overwrite=True)
+    register_served()
     served = {"source": str(scene / "matches.h5"), "names": json.dumps({n: f"img_{i:03d}.png" for i, n in enumerate(odd)})}
     out = tmp_path / "out dir"
     code = main(["reconstruct", "--images", str(images), "--output", str(out), "--matcher", "served",

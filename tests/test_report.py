@@ -12,23 +12,20 @@ import base64
 import json
 import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
 from loftr_sfm import cli
-from loftr_sfm.io import find_pair
 from loftr_sfm.localization import QUERY_PREFIX, localize
-from loftr_sfm.matchers import InputSpec, MatcherBackend, PairMatches, register_matcher
 from loftr_sfm.stages import reconstruct
 from loftr_sfm.report import LOCALIZE_REPORT_FILE, REPORT_FILE, collect, write_report
 from loftr_sfm.report.run import _reason
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "datasets"))
 import synthetic  # noqa: E402
+from served_matcher import register as register_served  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 OTHER = "zz_other.png"  # a photo of nothing in the scene: chance matches only
@@ -36,45 +33,10 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
          "--disable-component-update", "--disable-sync"]
 
 
-@dataclass
-class ServedOptions:
-    source: str = ""  # raw matches file to serve
-
-
-class ReportServedMatcher(MatcherBackend):
-    """Test double: the synthetic scene's exact raw matches; 12 random matches (too few to verify) for pairs it does
-    not know (40 random matches on these small images pass the verification with exactly 15 inliers)."""
-
-    name = "served-report"
-    Options = ServedOptions
-
-    def __init__(self, options: ServedOptions | None = None, device: str = "cpu") -> None:
-        super().__init__(device)
-        self.options = options or ServedOptions()
-        self.spec = InputSpec(grayscale=True, max_side=None)
-
-    def match(self, image0, image1, size0, size1, names0=None, names1=None):
-        out = []
-        with h5py.File(self.options.source, "r") as f:
-            for a, b, s0, s1 in zip(names0, names1, size0, size1):
-                a = a.removeprefix(QUERY_PREFIX)  # a query named like a map photo gets that photo's matches
-                try:
-                    key, rev = find_pair(f, a, b)
-                    k0, k1, sc = (f[key][d][()] for d in ("keypoints0", "keypoints1", "scores"))
-                    k0, k1 = (k1, k0) if rev else (k0, k1)
-                except KeyError:
-                    rng = np.random.default_rng(len(a) + 7 * len(b))
-                    k0 = (rng.random((12, 2)) * np.asarray(s0, np.float32)).astype(np.float32)
-                    k1 = (rng.random((12, 2)) * np.asarray(s1, np.float32)).astype(np.float32)
-                    sc = np.full(12, 0.5, np.float32)
-                out.append(PairMatches(k0, k1, sc))
-        return out
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """(scene, output folder, summary) of ``reconstruct`` with the report."""
-    register_matcher("served-report", ReportServedMatcher, overwrite=True)
+    register_served()
     scene = tmp_path_factory.mktemp("report_scene")
     synthetic.generate(scene, synthetic.SceneConfig(num_images=6, width=320, height=240, focal=280, arc_deg=50, seed=5))
     import cv2
@@ -83,8 +45,9 @@ def run(tmp_path_factory):
     cv2.imwrite(str(scene / "images" / OTHER), np.uint8(255 * (noise - noise.min()) / np.ptp(noise)))
     out = tmp_path_factory.mktemp("report_out")
     summary = reconstruct(scene / "images", out, pairs={"method": "exhaustive"},
-                          matching={"matcher": "served-report", "num_workers": 0,
-                                    "matcher_options": json.dumps({"source": str(scene / "matches.h5")})})
+                          matching={"matcher": "served", "num_workers": 0,
+                                    "matcher_options": json.dumps({"source": str(scene / "matches.h5"), "unknown": "random",
+                                                                   "strip_prefix": QUERY_PREFIX})})
     return scene, out, summary
 
 
@@ -186,8 +149,8 @@ def test_quiet_run_and_report_command(run, tmp_path, capfd, monkeypatch):
     out = tmp_path / "quiet"
     capfd.readouterr()
     assert cli.main(["-q", "reconstruct", "--images", str(scene / "images"), "--output", str(out), "--pairs",
-                     "exhaustive", "--matcher", "served-report", "--num-workers", "0",
-                     "--matcher-options", json.dumps({"source": str(scene / "matches.h5")})]) == 0
+                     "exhaustive", "--matcher", "served", "--num-workers", "0",
+                     "--matcher-options", json.dumps({"source": str(scene / "matches.h5"), "unknown": "random"})]) == 0
     err = capfd.readouterr().err
     assert (out / REPORT_FILE).is_file() and "%|" not in err  # no tqdm bar
     assert all(" WARNING] " in line for line in err.splitlines()), err
@@ -265,7 +228,8 @@ def test_localize_writes_a_report_of_its_queries(run, tmp_path):
     shutil.copy(scene / "images" / "img_003.png", queries / "img_003.png")
     shutil.copy(scene / "images" / OTHER, queries / OTHER)
     results = localize(out, scene / "images", queries, tmp_path / "loc" / "poses.txt",
-                       {"matcher_options": json.dumps({"source": str(scene / "matches.h5")})})
+                       {"matcher_options": json.dumps({"source": str(scene / "matches.h5"), "unknown": "random",
+                                                       "strip_prefix": QUERY_PREFIX})})
     assert [r.success for r in results] == [True, False]
     path = tmp_path / "loc" / LOCALIZE_REPORT_FILE
     html = path.read_text()
