@@ -275,9 +275,10 @@ class Localizer:
             res.time = time.perf_counter() - t0
             if own_tmp:
                 shutil.rmtree(workdir, ignore_errors=True)
-        logger.info("query %s: %s (camera: %s; %d inliers; %.1f s)", name,
+        focal = f", focal {res.camera['params'][0]:.1f} px" if res.camera else ""  # held or refined: the one used
+        logger.info("query %s: %s (camera: %s%s; %d inliers; %.1f s)", name,
                     "localized" if res.success else f"failed, {res.message or 'no pose'}", res.camera_source or "-",
-                    res.num_inliers, res.time)
+                    focal, res.num_inliers, res.time)
         return res
 
     # ------------------------------------------------------------------ registration
