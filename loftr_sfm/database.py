@@ -23,9 +23,9 @@ stage) and ``output/pairs.txt``; writes ``output/database.db`` with
   two-view geometry deleted; the matches stay): a semi-dense matcher returns hundreds of matches on
   images that do not overlap, and RANSAC finds enough of them consistent by chance to pass
   pycolmap's 15-inlier test; such chance pairs have inlier ratios well under those of right pairs.
-  The default (None) is 0.2 for semi-dense matches, below the lowest ratio of a right pair over
-  the scene suite (docs/accuracy.md), and 0 for ``sift``, whose ratio test leaves few matches on
-  pairs that do not overlap.
+  The default, 0.2, is below the lowest ratio of a right pair of semi-dense matches over the scene
+  suite and rejects SIFT's chance pairs too (docs/accuracy.md: what it rejects, counted against GT,
+  for both kinds of matches); 0 turns it off.
 
 Resumable: the database is built in a temporary file and moved into place; a finished database
 whose inputs and options are unchanged is reused (``overwrite`` forces a rebuild). The
@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import (UNREADABLE_ATTR, InputError, atomic_path, disk_full_error, image_size, is_disk_full, low_space,
-                 matches_backend, read_pairs, require_space)
+                 read_pairs, require_space)
 from .utils import Timer, merge_config, progress
 from .workspace import MERGED_MATCHES_FILE, record_stage_time
 
@@ -69,8 +69,7 @@ class DatabaseConfig:
     ransac_max_trials: int = 20000
     ransac_min_inlier_ratio: float = 0.1
     min_num_inliers: int = 15
-    min_inlier_ratio: float | None = None  # reject verified pairs with fewer inliers than this share of matches
-    # (None: 0.2 for semi-dense matches, 0 = off for sift)
+    min_inlier_ratio: float = 0.2  # reject verified pairs with fewer inliers than this share of matches (0: off)
     weak_link_pairs: int = 5  # warn where the images before and after a name share <= this many verified pairs (0: off)
     num_threads: int = -1
     verbose: bool = False
@@ -234,14 +233,8 @@ def verify_database(db_path: Path, cfg: DatabaseConfig) -> None:
     pycolmap.geometric_verification(str(db_path), verifier_options=vo, two_view_geometry_options=tvo)
 
 
-#: ``min_inlier_ratio`` of semi-dense matches (module doc); ``sift`` gets 0 (pycolmap's verification as is)
-SEMI_DENSE_MIN_INLIER_RATIO = 0.2
-
-
-def min_inlier_ratio(cfg: DatabaseConfig, matcher: str | None) -> float:
-    """``cfg.min_inlier_ratio``, or its default for the backend ``matcher`` (None: unknown, semi-dense)."""
-    if cfg.min_inlier_ratio is None:
-        return 0.0 if matcher == "sift" else SEMI_DENSE_MIN_INLIER_RATIO
+def min_inlier_ratio(cfg: DatabaseConfig) -> float:
+    """``cfg.min_inlier_ratio``, checked to be a share in [0, 1)."""
     if not 0.0 <= cfg.min_inlier_ratio < 1.0:
         raise ValueError(f"min_inlier_ratio must be in [0, 1), got {cfg.min_inlier_ratio}")
     return float(cfg.min_inlier_ratio)
@@ -451,7 +444,7 @@ def run_database(output: Path, images: Path, config: DatabaseConfig | None = Non
     for p in (feats_path, matches_path):
         if not p.is_file():
             raise InputError(f"{p} does not exist: run the keypoints stage first")
-    ratio = min_inlier_ratio(cfg, matches_backend(output)) if cfg.verify else 0.0
+    ratio = min_inlier_ratio(cfg) if cfg.verify else 0.0
     if cfg.weak_link_pairs < 0:
         raise ValueError(f"weak_link_pairs must be >= 0 (0: no warning), got {cfg.weak_link_pairs}")
     sig = _signature(output, images, cfg)
@@ -585,7 +578,7 @@ def read_pair_matches(db_path: Path, name0: str, name1: str) -> tuple[np.ndarray
     return kps[0], kps[1], out[0], out[1]
 
 
-__all__ = ["DatabaseConfig", "CAMERA_MODES", "SEMI_DENSE_MIN_INLIER_RATIO", "make_cameras", "write_database",
+__all__ = ["DatabaseConfig", "CAMERA_MODES", "make_cameras", "write_database",
            "verify_database", "min_inlier_ratio", "reject_low_inlier_ratio", "weak_links", "database_stats",
            "STATS_FILE", "read_stage_stats",
            "image_ids_by_name", "images_per_camera", "read_only", "read_images_table", "read_pairs_table",

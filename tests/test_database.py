@@ -14,7 +14,6 @@ import pycolmap
 import pytest
 
 from loftr_sfm.database import (
-    SEMI_DENSE_MIN_INLIER_RATIO,
     DatabaseConfig,
     database_fingerprint,
     database_stats,
@@ -186,14 +185,11 @@ def test_fingerprint_follows_content_not_the_file(scene, tmp_path):
         database_fingerprint(tmp_path / "junk.db")
 
 
-def test_min_inlier_ratio_defaults_per_backend():
-    assert min_inlier_ratio(DatabaseConfig(), "sift") == 0.0  # the COLMAP baseline stays pycolmap's verification
-    assert min_inlier_ratio(DatabaseConfig(), "xfeat-star") == SEMI_DENSE_MIN_INLIER_RATIO == 0.2
-    assert min_inlier_ratio(DatabaseConfig(), None) == 0.2  # unknown matches: semi-dense
-    assert min_inlier_ratio(DatabaseConfig(min_inlier_ratio=0.1), "sift") == 0.1
-    assert min_inlier_ratio(DatabaseConfig(min_inlier_ratio=0.0), "eloftr") == 0.0
+def test_min_inlier_ratio_default_and_range():
+    assert min_inlier_ratio(DatabaseConfig()) == 0.2  # every backend: semi-dense and SIFT alike
+    assert min_inlier_ratio(DatabaseConfig(min_inlier_ratio=0.0)) == 0.0
     with pytest.raises(ValueError, match="min_inlier_ratio"):
-        min_inlier_ratio(DatabaseConfig(min_inlier_ratio=1.5), "eloftr")
+        min_inlier_ratio(DatabaseConfig(min_inlier_ratio=1.5))
 
 
 def test_pair_of_chance_inliers_is_rejected(tmp_path):
