@@ -54,8 +54,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "pipelines"))
 
-from loftr_sfm.keypoints import PRESETS, KeypointsConfig, merge_matches, run_keypoints  # noqa: E402
+from hloc_ref import HLOC_SRC  # noqa: E402
 from measure import run_module  # noqa: E402
+
+from loftr_sfm.keypoints import PRESETS, KeypointsConfig, merge_matches, run_keypoints  # noqa: E402
 
 _ENV = dict(__import__("os").environ)
 _ENV["PYTHONPATH"] = __import__("os").pathsep.join([str(ROOT), str(ROOT / "pipelines"), _ENV.get("PYTHONPATH", "")])
@@ -344,7 +346,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--stage", action="store_true", help="also run the keypoints stage on a matches.h5 of the data")
     ap.add_argument("--vs-hloc", type=int, default=0, metavar="R",
                     help="R runs each of the loftr-sfm keypoints command and hloc's aggregate + assign")
-    ap.add_argument("--hloc", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "refs" / "hloc-src")
+    ap.add_argument("--hloc", type=Path, default=HLOC_SRC)
     ap.add_argument("--memory-sizes", type=int, nargs="+", default=None, metavar="PAIRS",
                     help="peak RSS of the loftr-sfm keypoints command at these numbers of pairs")
     ap.add_argument("--project-pairs", type=int, default=100_000, help="memory projected to this many pairs")
@@ -434,26 +436,15 @@ def _hloc_child(hloc_src: Path, src: Path, work: Path) -> dict:
 
 def _hloc_aggregate_assign(hloc_src: Path, src: Path, work: Path) -> dict:
     """hloc's aggregate_matches + assign_matches (loftr configuration) on a fresh copy of ``src/matches.h5``."""
+    import logging
     import shutil
-    import types
     from collections import defaultdict
+
+    from hloc_ref import import_match_dense
 
     from loftr_sfm.io import read_pairs
 
-    if str(hloc_src) not in sys.path:
-        sys.path.insert(0, str(hloc_src))
-    try:
-        import torchvision.transforms.functional  # noqa: F401
-    except ImportError:  # only the matching of hloc.match_dense needs it (SOURCE.txt)
-        tv = types.ModuleType("torchvision")
-        tv.transforms = types.ModuleType("torchvision.transforms")
-        tv.transforms.functional = types.ModuleType("torchvision.transforms.functional")
-        sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms,
-                            "torchvision.transforms.functional": tv.transforms.functional})
-    import logging
-
-    from hloc import match_dense
-
+    match_dense = import_match_dense(hloc_src)
     logging.getLogger("hloc").setLevel(logging.WARNING)
     work.mkdir(parents=True, exist_ok=True)
     shutil.copy(src / "matches.h5", work / "matches.h5")

@@ -39,11 +39,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evaluate_scenes import copy_raw_matches  # this folder is on sys.path when run as a script
+from evaluate_scenes import (
+    copy_raw_matches,  # this folder is on sys.path when run as a script
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
-HLOC = REPO.parent / "shared" / "refs" / "hloc-src"
 sys.path.insert(0, str(REPO / "datasets"))
 
 logger = logging.getLogger("scene_suite")
@@ -194,8 +195,9 @@ def run_colmap_sift(images: Path, out: Path) -> tuple[Path, float]:
 
 def run_hloc(raw: Path, pairs: Path, images: Path, out: Path) -> tuple[Path, float]:
     """hloc's dense pipeline on the raw matches ``raw`` (its loftr configuration: 1 px cells)."""
-    import types
     from collections import defaultdict
+
+    from hloc_ref import import_match_dense
 
     from loftr_sfm.io import read_pairs
 
@@ -203,17 +205,8 @@ def run_hloc(raw: Path, pairs: Path, images: Path, out: Path) -> tuple[Path, flo
     done = out / "seconds.json"
     if done.is_file():
         return out / "model", json.loads(done.read_text())["seconds"]
-    if str(HLOC) not in sys.path:
-        sys.path.insert(0, str(HLOC))
-    try:
-        import torchvision.transforms.functional  # noqa: F401
-    except ImportError:  # only the matching of hloc.match_dense needs it (SOURCE.txt)
-        tv = types.ModuleType("torchvision")
-        tv.transforms = types.ModuleType("torchvision.transforms")
-        tv.transforms.functional = types.ModuleType("torchvision.transforms.functional")
-        sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms,
-                            "torchvision.transforms.functional": tv.transforms.functional})
-    from hloc import match_dense, reconstruction
+    match_dense = import_match_dense()
+    from hloc import reconstruction
 
     for name in ("matches.h5", "features.h5", "sfm"):
         p = out / name
