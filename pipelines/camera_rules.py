@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scene_suite import DATA, GT_SCENES  # noqa: E402
 
 from loftr_sfm.evaluation import evaluate_reconstruction  # noqa: E402
 from loftr_sfm.sfm.cameras import share_cameras  # noqa: E402
 from loftr_sfm.sfm.options import PRINCIPAL_POINT_MIN_IMAGES, CameraOptions  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SCENES = ["herzjesu-P8", "castle-P30", "fox", "eth3d-pipes", "dtu-scan24", "middlebury-dino-ring",
-          "nerf-synthetic-lego"]
 VARIANTS = {
     "bare (own cameras)": None,
     "pp refined + radial (default)": CameraOptions(),
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, required=True, help="work folder of a finished scene_suite.py run")
     ap.add_argument("--matcher", default="xfeat-star")
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--scenes", nargs="+", default=SCENES)
+    ap.add_argument("--scenes", nargs="+", default=GT_SCENES)
     ap.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = ap.parse_args(argv)
     pycolmap.logging.minloglevel = 2

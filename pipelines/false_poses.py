@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scene_suite import DATA, GT_SCENES  # noqa: E402
 
 from loftr_sfm.io import list_images  # noqa: E402
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SCENES = ["castle-P30", "herzjesu-P8", "fox", "eth3d-pipes", "dtu-scan24", "middlebury-dino-ring",
-          "nerf-synthetic-lego"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, required=True, help="work folder of a finished scene_suite.py run")
     ap.add_argument("--matcher", default="xfeat-star")
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--scenes", nargs="+", default=SCENES)
+    ap.add_argument("--scenes", nargs="+", default=GT_SCENES)
     ap.add_argument("--per-scene", type=int, default=3, help="photos of each other scene")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default WORK/false_poses)")
     args = ap.parse_args(argv)

@@ -95,6 +95,8 @@ SUITE = [
           synthetic={"num_images": 100, "layout": "arc", "arc_deg": 150, "seed": 8, "width": 320, "height": 240,
                      "focal": 270.0}),
 ]
+#: the suite's scenes with real photos and GT (in ../shared/data), for the programs that read a suite run
+GT_SCENES = [s.name for s in SUITE if s.data]
 METHODS = ["ours", "bare-pycolmap", "hloc", "colmap-sift"]
 MATCHERS = ["xfeat-star", "sift"]
 # --quick: every synthetic scene of the subset registers completely, within this median rotation error (deg)
