@@ -33,6 +33,7 @@ How it runs:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -377,14 +378,41 @@ class MatchesWriter:
 # --------------------------------------------------------------------------- core
 
 
-def _image_stamps(names: Iterable[str], resolve_fn: Callable[[str], Path]) -> dict[str, str]:
-    """{name: "size:mtime_ns"} of the image files that exist (missing ones are reported when read)."""
+def _file_digest(path: Path) -> str:
+    """A short content digest of a file (blake2b, 128 bits)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _image_stamps(names: Iterable[str], resolve_fn: Callable[[str], Path],
+                  recorded: Mapping[str, str] | None = None) -> dict[str, str]:
+    """{name: "size:mtime_ns:digest"} of the image files that exist (missing ones are reported when read).
+
+    The content digest is read only where size or modification time differ from ``recorded`` (or the
+    record has none): an unchanged folder costs one ``stat`` per image.
+    """
+    recorded = recorded or {}
     out = {}
     for n in names:
         with contextlib.suppress(OSError, InputError):
-            st = Path(resolve_fn(n)).stat()
-            out[n] = f"{st.st_size}:{st.st_mtime_ns}"
+            path = Path(resolve_fn(n))
+            st = path.stat()
+            quick = f"{st.st_size}:{st.st_mtime_ns}"
+            old = recorded.get(n, "")
+            out[n] = old if old.count(":") == 2 and old.startswith(quick + ":") else f"{quick}:{_file_digest(path)}"
     return out
+
+
+def _stamp_changed(old: str, new: str) -> bool:
+    """Whether an image's content changed between two stamps: size and digest when the old stamp has a digest
+    (a copy that lost its modification time is the same photo), else size and modification time."""
+    o, n = old.split(":"), new.split(":")
+    if len(o) == 3 and len(n) == 3:
+        return (o[0], o[2]) != (n[0], n[2])
+    return o[:2] != n[:2]
 
 
 def _recorded_stamps(path: Path) -> dict[str, str]:
@@ -469,10 +497,10 @@ def match_pairs(
     writer.merge(ensure_exists=True)  # leftovers of an interrupted run first, and a valid file from now on
     done = set() if config.overwrite else writer.existing_keys()
     # what each image file was when its pairs were matched: a photo replaced under the same name has its pairs
-    # matched again (file size and modification time; images never stamped before are taken as they are)
-    stamps = _image_stamps({n for p in pairs for n in p}, resolve_fn)
+    # matched again (file size and content digest; images never stamped before are taken as they are)
     recorded = _recorded_stamps(writer.path)
-    changed = {n for n, st in stamps.items() if recorded.get(n, st) != st}
+    stamps = _image_stamps({n for p in pairs for n in p}, resolve_fn, recorded)
+    changed = {n for n, st in stamps.items() if n in recorded and _stamp_changed(recorded[n], st)}
     if changed and done:
         logger.info("%d image(s) changed since their pairs were matched (%s): matching their pairs again",
                     len(changed), ", ".join(sorted(changed)[:5]))

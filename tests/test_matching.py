@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -210,6 +211,19 @@ def test_a_replaced_photo_has_its_pairs_matched_again(tmp_path):
     fake.calls.clear()
     match_pairs(pairs, images, tmp_path / "m.h5", {"num_workers": 0}, matcher=fake)
     assert fake.calls == []
+    # the folder copied without its modification times (cp, a sync tool): the same photos, nothing matched again
+    copy = tmp_path / "copy"
+    shutil.copytree(images, copy, copy_function=shutil.copyfile)
+    assert (copy / replaced).stat().st_mtime_ns != (images / replaced).stat().st_mtime_ns
+    stats = match_pairs(pairs, copy, tmp_path / "m.h5", {"num_workers": 0}, matcher=fake)
+    assert fake.calls == [] and stats.num_done_before == 6
+    # ... and a photo of the same size with new content still is matched again
+    other = names[0]
+    data = bytearray((copy / other).read_bytes())
+    data[-3] ^= 0xFF
+    (copy / other).write_bytes(bytes(data))
+    match_pairs(pairs, copy, tmp_path / "m.h5", {"num_workers": 0}, matcher=fake)
+    assert sorted(fake.calls) == sorted(p for p in pairs if other in p)
 
 
 def test_bucket_batches():
