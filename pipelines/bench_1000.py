@@ -9,8 +9,8 @@ own ``loftr-sfm`` command in a child process:
 2. the matching stage's output written by the generator for exactly those pairs (not timed as a stage):
    EfficientLoFTR-shaped raw matches, image0 on the 1-px lattice, image1 sub-pixel with ``--noise`` px
    noise, ``--outliers`` random matches, about 2,600 per pair at 640x480,
-3. ``keypoints``, ``database``, ``map`` (``--mapper``, track refinement off: the images are blank or
-   synthetic; ``--map-args`` adds options).
+3. ``keypoints`` (``--keypoints-args`` adds options), ``database``, ``map`` (``--mapper``, track refinement
+   off: the images are blank or synthetic; ``--map-args`` adds options).
 
 Per stage: wall time, CPU time (user + system of the child, ``wait4``) and peak resident memory (the
 child's own VmHWM, see measure.py); then the model against the exact GT: registered / total, median
@@ -20,8 +20,9 @@ memory against N) and its projection to ``--project`` images (10,000), and which
 Numbers taken on a shared machine are provisional: retake them on a quiet one. The scenes are cached under
 ``--work`` (one per configuration).
 
-Run: ``python pipelines/bench_1000.py --sizes 250 500 1000 [--pairs sequential|retrieval] [--neighbors 10]
-[--mapper global] [--json FILE]``.
+Run: ``python pipelines/bench_1000.py --sizes 250 500 1000 --map-args="--global-tracks-per-view 300"
+[--pairs sequential|retrieval] [--neighbors 10] [--mapper global] [--keypoints-args="--max-keypoints 8192"
+--tag _kp8192] [--json FILE]`` (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def run_size(a: argparse.Namespace, n: int) -> dict:
     cfg = scene_config(a, n)
     scene = make_scene(a.work, cfg)
     images = scene / "images"
-    out = a.work / f"run_n{n}_{a.pairs}{a.neighbors}_{a.mapper}"
+    out = a.work / f"run_n{n}_{a.pairs}{a.neighbors}_{a.mapper}{a.tag}"
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -99,7 +100,7 @@ def run_size(a: argparse.Namespace, n: int) -> dict:
     counts = synthetic.write_matches(out, cfg, pairs)
     print(f"  (matches   {time.perf_counter() - t:8.1f} s to generate {sum(counts):,} raw matches, "
           f"{np.mean(counts):.0f} per pair: the matching stage's output)", flush=True)
-    m = stage("keypoints", common)
+    m = stage("keypoints", [*common, *shlex.split(a.keypoints_args)])
     with __import__("h5py").File(out / "features.h5", "r") as f:
         ks = json.loads(f.attrs["loftr_sfm_stats"])
     report("keypoints", m, keypoints=ks["keypoints"], matches=ks["matches"])
@@ -140,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", choices=["sequential", "retrieval"], default="sequential")
     ap.add_argument("--neighbors", type=int, default=10, help="pairs per image (sequential window / retrieval top-k)")
     ap.add_argument("--mapper", choices=["incremental", "global"], default="global")
-    ap.add_argument("--map-args", default="", help="more options of the map stage")
+    ap.add_argument("--map-args", default="", help="more options of the map stage (--map-args='--flag value')")
+    ap.add_argument("--keypoints-args", default="", help="more options of the keypoints stage")
+    ap.add_argument("--tag", default="", help="suffix of the run folders (runs with other options side by side)")
     ap.add_argument("--size", default="640x480", help="image size WxH")
     ap.add_argument("--arc", type=float, default=180.0, help="degrees of the camera arc")
     ap.add_argument("--noise", type=float, default=0.5, help="px, noise of the sub-pixel side of every match")

@@ -17,7 +17,7 @@ from loftr_sfm.io import InputError
 from loftr_sfm.keypoints import run_keypoints
 from loftr_sfm.sfm import CameraOptions, MappingConfig, model_stats, run_mapping, triangulate_from_poses
 from loftr_sfm.sfm import cameras as sfm_cameras
-from loftr_sfm.sfm import mappers
+from loftr_sfm.sfm import mappers, stage
 from loftr_sfm.sfm.cameras import camera_family, camera_groups, params_as, resolve_principal_point, share_cameras, \
     with_cameras
 from loftr_sfm.sfm.mappers import global_options, incremental_options
@@ -61,6 +61,16 @@ def test_mapping_outputs_and_summary(scene):
     os.utime(scene / "database.db", ns=(mtime + 10**9, mtime + 10**9))
     run_mapping(scene, scene / "images", MappingConfig(mapper="incremental"))
     assert (scene / "summary.json").stat().st_mtime_ns == mtime
+    # a model made before an option existed is up to date while that option keeps its default value
+    record = json.loads((scene / "summary.json").read_text())
+    del record["config"]["global_tracks_per_view"], record["config"]["cameras"]["share_cameras_radial"]
+    (scene / "summary.json").write_text(json.dumps(record))
+    mtime = (scene / "summary.json").stat().st_mtime_ns
+    run_mapping(scene, scene / "images", MappingConfig(mapper="incremental"))
+    assert (scene / "summary.json").stat().st_mtime_ns == mtime
+    now = stage._record(MappingConfig())
+    assert not stage._same_options(record["config"], stage._record(MappingConfig(global_tracks_per_view=300)), now)
+    assert not stage._same_options({**record["config"], "removed_option": 1}, now, now)
 
 
 def test_one_fallback_run_of_the_other_mapper_when_too_few_images_register(scene, tmp_path, monkeypatch):
@@ -162,6 +172,8 @@ def test_errors(tmp_path):
         run_mapping(tmp_path, tmp_path, {"min_registered": 1.5})
     with pytest.raises(ValueError, match="relative_filter_factor"):
         run_mapping(tmp_path, tmp_path, {"relative_filter_factor": 0.5})
+    with pytest.raises(ValueError, match="global_tracks_per_view"):
+        run_mapping(tmp_path, tmp_path, {"global_tracks_per_view": -1})
     with pytest.raises(ValueError, match="unknown MappingConfig option"):
         run_mapping(tmp_path, tmp_path, {"second_pass": "global"})  # a removed rule is a typo now
 
@@ -176,6 +188,25 @@ def test_mapper_options_follow_the_config():
     ba = g.mapper.bundle_adjustment
     assert (g.random_seed, g.min_num_matches, g.num_threads) == (3, 20, 1)
     assert (ba.refine_focal_length, ba.refine_principal_point, ba.refine_extra_params) == (False, True, False)
+    assert g.mapper.track_required_tracks_per_view == pycolmap.GlobalPipelineOptions().mapper.track_required_tracks_per_view
+    assert global_options(replace(cfg, global_tracks_per_view=300), cams).mapper.track_required_tracks_per_view == 300
+
+
+def test_global_mapper_with_bounded_tracks_keeps_every_point_and_the_poses(scene, tmp_path):
+    """Cameras placed from 40 tracks per image: the model still has every image, the points of the full run
+    (the rest are triangulated after) and poses as close to the exact GT."""
+    from loftr_sfm.evaluation import EvaluationConfig, evaluate_reconstruction
+
+    rows = {}
+    for tracks in (0, 40):
+        out = tmp_path / str(tracks)
+        out.mkdir()
+        (out / "database.db").write_bytes((scene / "database.db").read_bytes())
+        s = run_mapping(out, scene / "images", {"mapper": "global", "global_tracks_per_view": tracks})
+        assert s["registered"] == 5 and s["config"]["global_tracks_per_view"] == tracks
+        rows[tracks] = (s["points"], evaluate_reconstruction(out / "model", scene / "gt", EvaluationConfig()).row())
+    assert rows[40][0] >= 0.98 * rows[0][0]
+    assert float(rows[40][1]["rot_med_deg"]) < 0.1 and float(rows[0][1]["rot_med_deg"]) < 0.1
 
 
 def test_stage_times_roundtrip(tmp_path):

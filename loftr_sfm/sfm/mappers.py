@@ -1,7 +1,8 @@
 """The mapper run: pycolmap's incremental or global mapper on the database, as they come.
 
 One run of the chosen mapper (pycolmap's defaults but for the seed, the thread count, the
-minimum of verified inliers per pair and the intrinsics bundle adjustment refines); the model
+minimum of verified inliers per pair, the intrinsics bundle adjustment refines and, when asked,
+the global mapper's tracks per image: ``global_tracks_per_view``); the model
 with most registered images is kept (pycolmap returns every model it started, the first one
 is not the largest). The only second run: when that model registers fewer than
 ``min_registered`` of the database's images (``fallback``), the other mapper runs once, and of the
@@ -45,6 +46,8 @@ def global_options(cfg: MappingConfig, cameras: CameraOptions):
     o.num_threads = cfg.num_threads
     o.random_seed = cfg.seed
     o.min_num_matches = cfg.min_num_matches
+    if cfg.global_tracks_per_view:
+        o.mapper.track_required_tracks_per_view = cfg.global_tracks_per_view
     ba = o.mapper.bundle_adjustment
     ba.refine_focal_length = cameras.refine_focal_length
     ba.refine_principal_point = bool(cameras.refine_principal_point)

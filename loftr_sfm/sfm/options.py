@@ -49,6 +49,7 @@ class MappingConfig:
     min_registered: float = 0.9  # share of the database's images under which the fallback runs
     seed: int = 0  # the mappers' random seed
     min_num_matches: int = 15  # pairs with fewer verified inliers are ignored by the mapper
+    global_tracks_per_view: int = 0  # global mapper: cameras placed from the longest tracks, this many per image (0: all)
     num_threads: int = -1  # -1: every core
     cameras: CameraOptions = field(default_factory=CameraOptions)
     refinement: RefinementOptions = field(default_factory=RefinementOptions)
@@ -60,6 +61,8 @@ class MappingConfig:
             raise ValueError(f"unknown mapper {self.mapper!r}; choose one of {MAPPERS}")
         if not 0.0 <= self.min_registered <= 1.0:
             raise ValueError(f"min_registered must be in [0, 1] (a share of the images), got {self.min_registered}")
+        if self.global_tracks_per_view < 0:
+            raise ValueError(f"global_tracks_per_view must be >= 0 (0: every track), got {self.global_tracks_per_view}")
         refinement = self.refinement
         if isinstance(refinement, RefinementOptions):
             if refinement.refine_tracks not in ("auto", "on", "off"):

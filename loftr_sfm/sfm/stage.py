@@ -34,6 +34,8 @@ from .refine import filter_model, refine_model_tracks, track_refinement_wanted
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+# from this many images on, the log points to the faster mapping of large collections (docs/performance.md)
+LARGE_COLLECTION = 300
 EMPTY_STATS = {"registered": 0, "points": 0, "observations": 0, "mean_track_length": 0.0,
                "duplicate_observations": 0, "mean_reprojection_error": 0.0}
 
@@ -43,6 +45,23 @@ def _record(cfg: MappingConfig) -> dict[str, Any]:
     return {**asdict(cfg), "overwrite": False, "verbose": False}
 
 
+def _same_options(old: dict, new: dict, default: dict) -> bool:
+    """``old`` (a stored record) equals ``new``; an option the old record lacks (added to the library since)
+    counts as its default value, so an upgrade does not make every finished model stale."""
+    if set(old) - set(new):
+        return False
+    for key, value in new.items():
+        if key not in old:
+            if value != default[key]:
+                return False
+        elif isinstance(value, dict) and isinstance(old[key], dict):
+            if not _same_options(old[key], value, default[key]):
+                return False
+        elif old[key] != value:
+            return False
+    return True
+
+
 def _up_to_date(output: Path, db_path: Path, cfg: MappingConfig) -> dict | None:
     """The earlier summary if ``output/model`` was made from this database's content with these options."""
     path = output / SUMMARY_FILE
@@ -50,7 +69,8 @@ def _up_to_date(output: Path, db_path: Path, cfg: MappingConfig) -> dict | None:
         return None
     try:
         old = json.loads(path.read_text())
-        if old.get("config") != _record(cfg):
+        if not isinstance(old.get("config"), dict) \
+                or not _same_options(old["config"], _record(cfg), _record(MappingConfig())):
             return None
         # pycolmap rewrites a database's file whenever it opens it: same mtime, or else same content
         if old.get("database_mtime_ns") != db_path.stat().st_mtime_ns \
@@ -103,6 +123,9 @@ def run_mapping(output: Path, images: Path, config: MappingConfig | dict | None 
     # room for the model files (and a mapper's copy of the database) before minutes of mapping, not after
     require_space(output / "model", MODEL_BYTES_PER_KEYPOINT * keypoint_count(db_path) + file_bytes(db_path))
     cameras = resolve_principal_point(cfg.cameras, per_camera)
+    if num_images >= LARGE_COLLECTION and not (cfg.mapper == "global" and cfg.global_tracks_per_view):
+        logger.info("mapping: %d images; for collections this large, --mapper global --global-tracks-per-view 300 "
+                    "takes a fraction of the time and memory (docs/performance.md)", num_images)
     with Timer() as t:
         rec, attempts = map_database(db_path, images, cfg, cameras, num_images)
     record_stage_time(output, "mapping", t.seconds)
