@@ -25,6 +25,8 @@ def pair_agreement(db_path: Path, gt_path: Path, max_error: float = 4.0) -> list
     """Per verified pair: names, matches, inliers, inlier ratio and the share of inliers agreeing with GT."""
     import pycolmap
 
+    from loftr_sfm.sfm.checks import epipolar_errors
+
     gt = pycolmap.Reconstruction(str(gt_path))
     gt_images = {im.name: im for im in gt.images.values() if im.has_pose}
     rows = []
@@ -44,18 +46,7 @@ def pair_agreement(db_path: Path, gt_path: Path, max_error: float = 4.0) -> list
                 if i not in keypoints:
                     keypoints[i] = np.asarray(db.read_keypoints(i), np.float64)[:, :2]
             ia, ib = gt_images[names[a]], gt_images[names[b]]
-            x0 = np.asarray(ia.camera.cam_from_img(keypoints[a][inl[:, 0]]), np.float64)
-            x1 = np.asarray(ib.camera.cam_from_img(keypoints[b][inl[:, 1]]), np.float64)
-            rel = ib.cam_from_world() * ia.cam_from_world().inverse()
-            R, t = rel.rotation.matrix(), np.asarray(rel.translation)
-            t = t / max(np.linalg.norm(t), 1e-12)
-            E = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]]) @ R
-            h0, h1 = np.c_[x0, np.ones(len(x0))], np.c_[x1, np.ones(len(x1))]
-            Ex0, Etx1 = h0 @ E.T, h1 @ E
-            num = np.einsum("ij,ij->i", h1, Ex0) ** 2
-            den = Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2 + Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2
-            focal = 0.5 * (ia.camera.mean_focal_length() + ib.camera.mean_focal_length())
-            err = np.sqrt(num / np.maximum(den, 1e-300)) * focal
+            err = epipolar_errors(ia, ia.camera, keypoints[a][inl[:, 0]], ib, ib.camera, keypoints[b][inl[:, 1]])
             rows.append({"pair": [names[a], names[b]], "matches": int(num_matches.get(pair_id, len(inl))),
                          "inliers": len(inl), "ratio": len(inl) / max(int(num_matches.get(pair_id, len(inl))), 1),
                          "agree": float(np.mean(err < max_error))})

@@ -22,8 +22,6 @@ import numpy as np
 
 from ..database import read_only
 
-PAIR_ID_FACTOR = 2147483647  # COLMAP's pair_id = image_id1 * 2147483647 + image_id2
-
 
 @dataclass
 class Explained:
@@ -46,42 +44,51 @@ class Explained:
                 "score": self.score}
 
 
-def _skew(t: np.ndarray) -> np.ndarray:
-    return np.array([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]])
+def epipolar_errors(image_a, camera_a, x_a: np.ndarray, image_b, camera_b, x_b: np.ndarray) -> np.ndarray:
+    """Sampson distances (px, in the two cameras' mean focal length) of matches to two posed images' geometry.
+
+    Args:
+        image_a, image_b: posed pycolmap images (``cam_from_world``); camera_a, camera_b: their cameras.
+        x_a, x_b: (M, 2) matched keypoints in pixels (COLMAP convention, pixel centre at +0.5),
+            normalised by the cameras (distortion included).
+    Returns:
+        (M,) distances.
+    """
+    rel = image_b.cam_from_world() * image_a.cam_from_world().inverse()
+    t = np.asarray(rel.translation, np.float64)
+    t = t / max(np.linalg.norm(t), 1e-12)
+    E = np.array([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]]) @ rel.rotation.matrix()
+    h_a = np.c_[np.asarray(camera_a.cam_from_img(x_a), np.float64), np.ones(len(x_a))]
+    h_b = np.c_[np.asarray(camera_b.cam_from_img(x_b), np.float64), np.ones(len(x_b))]
+    e_a, et_b = h_a @ E.T, h_b @ E
+    num = np.einsum("ij,ij->i", h_b, e_a) ** 2
+    den = e_a[:, 0] ** 2 + e_a[:, 1] ** 2 + et_b[:, 0] ** 2 + et_b[:, 1] ** 2
+    focal = 0.5 * (camera_a.mean_focal_length() + camera_b.mean_focal_length())
+    return np.sqrt(num / np.maximum(den, 1e-300)) * focal
 
 
 def explained_pairs(rec, db_path: Path, max_error: float = 4.0, min_share: float = 0.5,
                     min_inliers: int = 15) -> Explained:
     """Count the verified pairs of ``db_path`` between images registered in ``rec`` that ``rec`` explains."""
+    import pycolmap
+
     posed = {im.name: im for im in rec.images.values() if im.has_pose}
     with read_only(Path(db_path)) as con:
         ids = {iid: name for iid, name in con.execute("SELECT image_id, name FROM images") if name in posed}
-        geometries = [(pid, rows, data) for pid, rows, data in
-                      con.execute("SELECT pair_id, rows, data FROM two_view_geometries WHERE rows >= ?", (min_inliers,))
-                      if pid // PAIR_ID_FACTOR in ids and pid % PAIR_ID_FACTOR in ids]
+        geometries = []
+        for pid, rows, data in con.execute("SELECT pair_id, rows, data FROM two_view_geometries WHERE rows >= ?",
+                                           (min_inliers,)):
+            a, b = pycolmap.pair_id_to_image_pair(pid)
+            if a in ids and b in ids:
+                geometries.append((a, b, np.frombuffer(data, np.uint32).reshape(rows, 2)))
         keypoints = {}
         for iid, rows, cols, data in con.execute("SELECT image_id, rows, cols, data FROM keypoints"):
             if iid in ids and rows:
                 keypoints[iid] = np.frombuffer(data, np.float32).reshape(rows, cols)[:, :2].astype(np.float64)
     explained = 0
-    normalised: dict[int, np.ndarray] = {}
-    for pid, rows, data in geometries:
-        i1, i2 = pid // PAIR_ID_FACTOR, pid % PAIR_ID_FACTOR
-        for i in (i1, i2):
-            if i not in normalised:
-                im = posed[ids[i]]
-                normalised[i] = np.asarray(rec.cameras[im.camera_id].cam_from_img(keypoints[i]), np.float64)
-        m = np.frombuffer(data, np.uint32).reshape(rows, 2)
-        a, b = posed[ids[i1]], posed[ids[i2]]
-        rel = b.cam_from_world() * a.cam_from_world().inverse()
-        t = np.asarray(rel.translation, np.float64)
-        E = _skew(t / max(np.linalg.norm(t), 1e-12)) @ rel.rotation.matrix()
-        x1 = np.c_[normalised[i1][m[:, 0]], np.ones(rows)]
-        x2 = np.c_[normalised[i2][m[:, 1]], np.ones(rows)]
-        ex1, etx2 = x1 @ E.T, x2 @ E
-        num = np.einsum("ij,ij->i", x2, ex1) ** 2
-        den = ex1[:, 0] ** 2 + ex1[:, 1] ** 2 + etx2[:, 0] ** 2 + etx2[:, 1] ** 2
-        focal = 0.5 * (rec.cameras[a.camera_id].mean_focal_length() + rec.cameras[b.camera_id].mean_focal_length())
-        err = np.sqrt(num / np.maximum(den, 1e-30)) * focal
+    for a, b, m in geometries:
+        ia, ib = posed[ids[a]], posed[ids[b]]
+        err = epipolar_errors(ia, rec.cameras[ia.camera_id], keypoints[a][m[:, 0]],
+                              ib, rec.cameras[ib.camera_id], keypoints[b][m[:, 1]])
         explained += int(np.mean(err < max_error) > min_share)
     return Explained(registered=len(posed), pairs=len(geometries), explained=explained)
