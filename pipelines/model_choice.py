@@ -23,16 +23,19 @@ import numpy as np
 
 def right_images(est: dict, gt: dict, max_deg: float) -> int:
     """Images whose median relative-rotation error to the other common images is at most ``max_deg``."""
+    from loftr_sfm.evaluation import rotation_error_deg
+
     names = [n for n in est if n in gt]
-    right = 0
-    for a in names:
-        errs = []
-        for b in names:
-            if a != b:
-                r = est[b][0] @ est[a][0].T @ (gt[b][0] @ gt[a][0].T).T
-                errs.append(np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1, 1))))
-        right += bool(errs) and float(np.median(errs)) <= max_deg
-    return right
+    if len(names) < 2:
+        return 0
+    R_est = np.stack([est[n][0] for n in names])
+    R_gt = np.stack([gt[n][0] for n in names])
+    # (i, j): rotation from image i to image j, estimated against GT
+    rel_est = R_est[None] @ np.swapaxes(R_est, -1, -2)[:, None]
+    rel_gt = R_gt[None] @ np.swapaxes(R_gt, -1, -2)[:, None]
+    err = rotation_error_deg(rel_est, rel_gt)
+    np.fill_diagonal(err, np.nan)
+    return int(np.sum(np.nanmedian(err, axis=1) <= max_deg))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from loftr_sfm.evaluation import poses_from_reconstruction
     from loftr_sfm.sfm.cameras import resolve_principal_point
     from loftr_sfm.sfm.checks import explained_pairs
-    from loftr_sfm.sfm.mappers import run_mapper
+    from loftr_sfm.sfm.mappers import preference, run_mapper
     from loftr_sfm.sfm.model import quiet_pycolmap
     from loftr_sfm.sfm.options import MappingConfig
 
@@ -69,10 +72,11 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 e = explained_pairs(rec, db)
                 found.append({"database": str(db), "mapper": mapper, "registered": e.registered,
+                              "points": rec.num_points3D(),
                               "right": right_images(poses_from_reconstruction(rec), gt, args.right_deg),
                               "verified_pairs": e.pairs, "explained": e.explained, "score": e.score})
         if found:
-            best = max(found, key=lambda r: (r["score"], r["registered"]))
+            best = max(found, key=preference)
             for r in found:
                 r["kept"] = r is best
                 print(f"| {db} | {r['mapper']} | {r['registered']} | {r['right']} | {r['verified_pairs']} | "

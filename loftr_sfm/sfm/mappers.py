@@ -88,6 +88,13 @@ def run_mapper(db_path: Path, images: Path, work: Path, mapper: str, cfg: Mappin
     return max(recs.values(), key=lambda r: (r.num_reg_images(), r.num_points3D())), len(recs)
 
 
+def preference(attempt: dict) -> tuple:
+    """How two models of one database are ordered (higher is kept): score (:mod:`.checks`), then registered
+    images, then points. ``attempt``: a record with registered, points and, where both models were
+    scored, score."""
+    return attempt.get("score", 0), attempt["registered"], attempt["points"]
+
+
 def map_database(db_path: Path, images: Path, cfg: MappingConfig, cameras: CameraOptions, num_images: int):
     """The chosen mapper, and the other one once if its model registers too few images.
 
@@ -124,7 +131,6 @@ def map_database(db_path: Path, images: Path, cfg: MappingConfig, cameras: Camer
             f"{attempts[i]['mapper']} {attempts[i]['registered']} images, {attempts[i]['explained_pairs']} of "
             f"{attempts[i]['verified_pairs']} verified pairs explained (score {attempts[i]['score']})"
             for i in candidates))
-    best = max(candidates, key=lambda i: (attempts[i].get("score", 0.0), attempts[i]["registered"],
-                                          attempts[i]["points"]))
+    best = max(candidates, key=lambda i: preference(attempts[i]))
     attempts[best]["chosen"] = True
     return models[best], attempts
