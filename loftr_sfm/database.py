@@ -48,7 +48,7 @@ import numpy as np
 
 from .io import (UNREADABLE_ATTR, InputError, atomic_path, disk_full_error, image_size, is_disk_full, low_space,
                  read_pairs, require_space)
-from .utils import Timer, merge_config, progress
+from .utils import Timer, changed_options, merge_config, progress
 from .workspace import MERGED_MATCHES_FILE, record_stage_time
 
 logger = logging.getLogger(__name__)
@@ -161,8 +161,10 @@ def _signature(output: Path, images: Path | None, cfg: DatabaseConfig) -> str:
             st = p.stat()
             h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
     h.update(str(images).encode())
-    content = {k: v for k, v in asdict(cfg).items() if k != "weak_link_pairs"}  # a warning, not content
-    h.update(json.dumps({**content, "overwrite": False, "verbose": False}, sort_keys=True).encode())
+    # options at their defaults are left out (an option added to the library keeps a finished database valid);
+    # weak_link_pairs is a warning, not content
+    h.update(json.dumps(changed_options(asdict(cfg), asdict(DatabaseConfig()),
+                                        ignore=("weak_link_pairs", "overwrite", "verbose")), sort_keys=True).encode())
     return h.hexdigest()
 
 

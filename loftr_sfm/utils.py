@@ -109,6 +109,32 @@ def _field_default(f: dataclasses.Field) -> Any:
     return None
 
 
+def changed_options(record: Mapping[str, Any], default: Mapping[str, Any],
+                    ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The entries of a config record (``dataclasses.asdict``) that differ from the defaults' record.
+
+    What a stage compares to tell whether a finished output was made with the options asked now: an
+    option added to the library since (absent from an old record) counts as its default, so an upgrade
+    leaves finished outputs valid; an option the defaults no longer have is kept (it differs). Nested
+    records compare entry by entry; ``ignore`` names top-level entries that do not change an output.
+    """
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if key in ignore:
+            continue
+        base = default.get(key, _ABSENT)
+        if isinstance(value, Mapping) and isinstance(base, Mapping):
+            inner = changed_options(value, base)
+            if inner:
+                out[key] = inner
+        elif base is _ABSENT or value != base:
+            out[key] = value
+    return out
+
+
+_ABSENT = object()
+
+
 def merge_config(cls: type[C], base: C | Mapping[str, Any] | None = None, **overrides: Any) -> C:
     """Build a dataclass config from defaults, an optional base (instance or dict) and overrides.
 

@@ -258,7 +258,7 @@ def test_weak_links_find_the_gap_of_a_video(tmp_path):
     assert weak_links(tmp_path / "end.db") == []
 
 
-def test_database_stage_warns_of_weak_links(tmp_path, caplog):
+def test_database_stage_warns_of_weak_links(tmp_path, caplog, monkeypatch):
     """Sequential pairs of a synthetic video whose middle pairs are gone: the stage says where and what to do."""
     out = tmp_path / "s"
     synthetic.generate(out, synthetic.SceneConfig(num_images=16, width=320, height=240, focal=280, render=False,
@@ -276,6 +276,19 @@ def test_database_stage_warns_of_weak_links(tmp_path, caplog):
     assert json.loads((out / ".database.json").read_text())["stats"]["weak_links"] == links
     with pytest.raises(ValueError, match="weak_link_pairs"):
         run_database(out, out / "images", {"weak_link_pairs": -1})
+    # an option added to the library since: the database stays up to date while it keeps its default
+    import dataclasses
+
+    import loftr_sfm.database as database
+
+    mtime = (out / "database.db").stat().st_mtime_ns
+    upgraded = dataclasses.make_dataclass("DatabaseConfig", [("new_option", int, dataclasses.field(default=0))],
+                                          bases=(database.DatabaseConfig,))
+    monkeypatch.setattr(database, "DatabaseConfig", upgraded)
+    run_database(out, out / "images")
+    assert (out / "database.db").stat().st_mtime_ns == mtime
+    run_database(out, out / "images", {"new_option": 1})
+    assert (out / "database.db").stat().st_mtime_ns != mtime
 
 
 def test_a_damaged_or_emptied_database_is_built_again(scene, tmp_path):

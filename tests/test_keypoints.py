@@ -251,6 +251,27 @@ def test_run_keypoints_resume_and_errors(tmp_path):
         run_keypoints(out, config={"cellsize": 2})
 
 
+def test_an_option_added_to_the_library_keeps_finished_keypoints(tmp_path, monkeypatch):
+    """features.h5 written before an option existed stays up to date while that option keeps its default."""
+    import dataclasses
+
+    from loftr_sfm.keypoints import stage
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "pairs.txt").write_text("a.png b.png\n")
+    _write_raw(out / "matches.h5", {"a.png/b.png": {"keypoints0": [[1, 1]], "keypoints1": [[2, 2]], "scores": [1]}})
+    p = run_keypoints(out)
+    mtime = p.stat().st_mtime_ns
+    upgraded = dataclasses.make_dataclass("KeypointsConfig", [("new_option", int, dataclasses.field(default=0))],
+                                          bases=(stage.KeypointsConfig,))
+    monkeypatch.setattr(stage, "KeypointsConfig", upgraded)
+    run_keypoints(out)
+    assert p.stat().st_mtime_ns == mtime
+    run_keypoints(out, config={"new_option": 1})  # the new option set: recomputed
+    assert p.stat().st_mtime_ns != mtime
+
+
 def test_auto_preset_follows_the_matcher_attribute(tmp_path):
     import json
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from loftr_sfm.utils import config_leaves, config_parts, merge_config
+from loftr_sfm.utils import changed_options, config_leaves, config_parts, merge_config
 
 
 @dataclass
@@ -193,3 +193,14 @@ def test_a_top_level_field_colliding_with_a_part_leaf_is_a_type_error():
         merge_config(Colliding)
     with pytest.raises(TypeError, match="collide"):
         config_leaves(Colliding)
+
+
+def test_changed_options_leave_out_defaults_and_keep_what_the_defaults_lack():
+    default = {"a": 1, "part": {"x": 0, "y": "m"}, "overwrite": False}
+    assert changed_options({"a": 1, "part": {"x": 0, "y": "m"}}, default) == {}
+    assert changed_options({"a": 2, "part": {"x": 0, "y": "n"}, "overwrite": True}, default, ignore=("overwrite",)) \
+        == {"a": 2, "part": {"y": "n"}}
+    # an old record lacking an option added since compares equal to a new one holding its default
+    assert changed_options({"a": 1}, default) == changed_options(default, default) == {}
+    # an option the defaults no longer have is a change
+    assert changed_options({"a": 1, "gone": 3}, default) == {"gone": 3}

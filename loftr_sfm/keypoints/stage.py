@@ -12,7 +12,7 @@ import numpy as np
 
 from ..io import (UNREADABLE_ATTR, ImageReadError, InputError, atomic_path, find_pair, h5_bytes, image_size, list_images,
                   read_pairs, read_raw_group, require_space)
-from ..utils import Timer, merge_config
+from ..utils import Timer, changed_options, merge_config
 from ..workspace import MERGED_MATCHES_FILE, record_stage_time
 from .merge import merge_pairs
 
@@ -93,9 +93,11 @@ def _read_raw(f, key: str, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
 def _signature(pairs_path: Path, cfg: KeypointsConfig, names: list[str]) -> str:
     h = hashlib.sha1()
     h.update(pairs_path.read_bytes())
+    # options at their defaults are left out (an option added to the library keeps finished files valid);
     # the preset counts through the cell size and error it resolves to (in ``names``): "auto" and the matcher's own
     # preset make the same files
-    h.update(json.dumps({**asdict(cfg), "overwrite": False, "read_ahead_mb": 0, "preset": ""}, sort_keys=True).encode())
+    h.update(json.dumps(changed_options(asdict(cfg), asdict(KeypointsConfig()),
+                                        ignore=("overwrite", "read_ahead_mb", "preset")), sort_keys=True).encode())
     h.update("\n".join(names).encode())
     return h.hexdigest()
 

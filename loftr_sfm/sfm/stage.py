@@ -23,7 +23,7 @@ from typing import Any
 
 from ..database import database_fingerprint, image_ids_by_name, images_per_camera, keypoint_count
 from ..io import InputError, atomic_path, file_bytes, matches_backend, require_space
-from ..utils import Timer, merge_config
+from ..utils import Timer, changed_options, merge_config
 from ..workspace import read_stage_times, record_stage_time
 from .cameras import model_images_per_camera, resolve_principal_point, share_cameras
 from .mappers import map_database
@@ -45,32 +45,16 @@ def _record(cfg: MappingConfig) -> dict[str, Any]:
     return {**asdict(cfg), "overwrite": False, "verbose": False}
 
 
-def _same_options(old: dict, new: dict, default: dict) -> bool:
-    """``old`` (a stored record) equals ``new``; an option the old record lacks (added to the library since)
-    counts as its default value, so an upgrade does not make every finished model stale."""
-    if set(old) - set(new):
-        return False
-    for key, value in new.items():
-        if key not in old:
-            if value != default[key]:
-                return False
-        elif isinstance(value, dict) and isinstance(old[key], dict):
-            if not _same_options(old[key], value, default[key]):
-                return False
-        elif old[key] != value:
-            return False
-    return True
-
-
 def _up_to_date(output: Path, db_path: Path, cfg: MappingConfig) -> dict | None:
     """The earlier summary if ``output/model`` was made from this database's content with these options."""
     path = output / SUMMARY_FILE
     if cfg.overwrite or not path.is_file() or not (output / "model").is_dir():
         return None
+    default = _record(MappingConfig())
     try:
         old = json.loads(path.read_text())
         if not isinstance(old.get("config"), dict) \
-                or not _same_options(old["config"], _record(cfg), _record(MappingConfig())):
+                or changed_options(old["config"], default) != changed_options(_record(cfg), default):
             return None
         # pycolmap rewrites a database's file whenever it opens it: same mtime, or else same content
         if old.get("database_mtime_ns") != db_path.stat().st_mtime_ns \
