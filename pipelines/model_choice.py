@@ -21,13 +21,15 @@ from pathlib import Path
 import numpy as np
 
 
-def right_images(est: dict, gt: dict, max_deg: float) -> int:
-    """Images whose median relative-rotation error to the other common images is at most ``max_deg``."""
+def relative_rotation_errors(est: dict, gt: dict) -> dict[str, float]:
+    """Each common image's median relative-rotation error (deg) to the other common images (no Sim(3) needed).
+
+    ``est``, ``gt``: name -> (R (3, 3) world-to-camera, ...)."""
     from loftr_sfm.evaluation import rotation_error_deg
 
     names = [n for n in est if n in gt]
     if len(names) < 2:
-        return 0
+        return {}
     R_est = np.stack([est[n][0] for n in names])
     R_gt = np.stack([gt[n][0] for n in names])
     # (i, j): rotation from image i to image j, estimated against GT
@@ -35,7 +37,12 @@ def right_images(est: dict, gt: dict, max_deg: float) -> int:
     rel_gt = R_gt[None] @ np.swapaxes(R_gt, -1, -2)[:, None]
     err = rotation_error_deg(rel_est, rel_gt)
     np.fill_diagonal(err, np.nan)
-    return int(np.sum(np.nanmedian(err, axis=1) <= max_deg))
+    return dict(zip(names, np.nanmedian(err, axis=1).tolist()))
+
+
+def right_images(est: dict, gt: dict, max_deg: float) -> int:
+    """Images whose median relative-rotation error to the other common images is at most ``max_deg``."""
+    return sum(e <= max_deg for e in relative_rotation_errors(est, gt).values())
 
 
 def main(argv: list[str] | None = None) -> int:

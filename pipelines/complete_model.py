@@ -1,0 +1,155 @@
+"""Completing an incremental model with pycolmap's own registration, counted against GT.
+
+The experiment behind docs/accuracy.md ("Registering the images the incremental mapper left out"). For each
+database (with its image folder and GT model), pycolmap's incremental mapper runs with the mapping stage's
+options; then every image its largest model left out is offered to pycolmap's ``IncrementalMapper`` on
+that model: registration from 2D-3D matches (``register_next_image``), and where that fails, structure-less
+registration from 2D-2D matches to registered images (``register_next_structure_less_image``); each image
+registered is triangulated and locally adjusted, until a round adds none, then the model is globally refined.
+With ``--check``, an image is kept only when the model explains more of its verified pairs to registered
+images than it contradicts (:func:`loftr_sfm.sfm.checks.epipolar_errors`, 4 px on most inliers).
+
+Each image added is printed with how it was registered, its pair votes (explained, contradicted) and its
+median relative-rotation error to the other registered images against GT (right: at most 2 deg).
+
+    python pipelines/complete_model.py --db outputs/suite/eth3d-pipes/xfeat-star/database.db \
+        --images ../shared/data/eth3d-pipes/images --gt ../shared/data/eth3d-pipes/gt [--check] [--db ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from model_choice import relative_rotation_errors  # noqa: E402
+
+from loftr_sfm.evaluation import poses_from_reconstruction  # noqa: E402
+from loftr_sfm.sfm.checks import epipolar_errors  # noqa: E402
+from loftr_sfm.sfm.mappers import run_mapper  # noqa: E402
+from loftr_sfm.sfm.options import CameraOptions, MappingConfig  # noqa: E402
+
+
+def verified_pairs(db_path: Path, min_inliers: int = 15):
+    """(keypoints per image id, image id -> [(other id, (M, 2) inlier match indices)])."""
+    import pycolmap
+
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as con:
+        kp = {iid: np.frombuffer(d, np.float32).reshape(r, c)[:, :2].astype(np.float64)
+              for iid, r, c, d in con.execute("SELECT image_id, rows, cols, data FROM keypoints") if r}
+        pairs: dict[int, list] = {}
+        for pid, rows, data in con.execute("SELECT pair_id, rows, data FROM two_view_geometries WHERE rows >= ?",
+                                           (min_inliers,)):
+            a, b = pycolmap.pair_id_to_image_pair(pid)
+            m = np.frombuffer(data, np.uint32).reshape(rows, 2)
+            pairs.setdefault(a, []).append((b, m))
+            pairs.setdefault(b, []).append((a, m[:, ::-1]))
+    return kp, pairs
+
+
+def votes(rec, iid: int, kp, pairs) -> tuple[int, int]:
+    """(explained, contradicted) verified pairs of image ``iid`` with the model's other posed images."""
+    ia = rec.images[iid]
+    explained = contradicted = 0
+    for b, m in pairs.get(iid, []):
+        ib = rec.images[b]
+        if not ib.has_pose:
+            continue
+        err = epipolar_errors(ia, rec.cameras[ia.camera_id], kp[iid][m[:, 0]], ib, rec.cameras[ib.camera_id],
+                              kp[b][m[:, 1]])
+        if np.mean(err < 4.0) > 0.5:
+            explained += 1
+        else:
+            contradicted += 1
+    return explained, contradicted
+
+
+def complete(rec, db_path: Path, check: bool, gt) -> list[dict]:
+    """Offer every unregistered image of ``db_path`` to ``rec`` (changed in place); one record per image tried."""
+    import pycolmap
+
+    kp, pairs = verified_pairs(db_path)
+    db = pycolmap.Database.open(str(db_path))
+    cache_options = pycolmap.DatabaseCacheOptions()
+    cache_options.min_num_matches = MappingConfig().min_num_matches
+    mapper = pycolmap.IncrementalMapper(pycolmap.DatabaseCache.create(db, cache_options))
+    mapper.begin_reconstruction(rec)
+    options, tri = pycolmap.IncrementalMapperOptions(), pycolmap.IncrementalTriangulatorOptions()
+    ba = pycolmap.BundleAdjustmentOptions()
+    names = {im.image_id: im.name for im in db.read_all_images()}
+    tried, refused = [], set()
+    added = True
+    while added:
+        added = False
+        for iid in names:
+            if rec.images[iid].has_pose or iid in refused:
+                continue
+            how = "2d-3d"
+            ok = mapper.register_next_image(options, iid)
+            if not ok:
+                how, ok = "structure-less", mapper.register_next_structure_less_image(options, iid)
+            if not ok:
+                continue
+            e, c = votes(rec, iid, kp, pairs)
+            err = relative_rotation_errors(poses_from_reconstruction(rec), gt).get(names[iid], float("nan"))
+            kept = not check or e > c
+            tried.append({"image": names[iid], "how": how, "explained": e, "contradicted": c,
+                          "error_at_registration": round(err, 2), "kept": kept})
+            if not kept:
+                mapper.observation_manager.deregister_frame(rec.images[iid].frame_id)
+                refused.add(iid)
+                continue
+            mapper.triangulate_image(tri, iid)
+            mapper.adjust_local_bundle(options, ba, tri, iid, mapper.get_modified_points3D())
+            added = True
+    mapper.iterative_global_refinement(5, 0.0005, options, ba, tri)
+    return tried
+
+
+def main(argv: list[str] | None = None) -> int:
+    import pycolmap
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--db", type=Path, action="append", required=True)
+    ap.add_argument("--images", type=Path, action="append", required=True)
+    ap.add_argument("--gt", type=Path, action="append", required=True)
+    ap.add_argument("--check", action="store_true", help="keep an image only if its pairs vote for it")
+    ap.add_argument("--right-deg", type=float, default=2.0)
+    args = ap.parse_args(argv)
+    if not len(args.db) == len(args.images) == len(args.gt):
+        ap.error("give --db, --images and --gt once per database")
+    pycolmap.logging.minloglevel = 2
+    cfg = MappingConfig(mapper="incremental", fallback=False)
+    cameras = CameraOptions(refine_principal_point=False)
+    for db_path, images, gt_dir in zip(args.db, args.images, args.gt):
+        gt = poses_from_reconstruction(pycolmap.Reconstruction(str(gt_dir)))
+        with tempfile.TemporaryDirectory() as tmp:
+            rec, _ = run_mapper(db_path, images, Path(tmp), "incremental", cfg, cameras)
+        before = set(rec.reg_image_ids())
+        t0 = time.perf_counter()
+        tried = complete(rec, db_path, args.check, gt)
+        seconds = time.perf_counter() - t0
+        final = relative_rotation_errors(poses_from_reconstruction(rec), gt)
+        print(f"== {db_path}: {len(before)} -> {rec.num_reg_images()} registered in {seconds:.1f} s"
+              f"{' (with the check)' if args.check else ''}")
+        for t in tried:
+            final_err = final.get(t["image"]) if t["kept"] else None
+            verdict = "" if final_err is None else ("right" if final_err <= args.right_deg else "WRONG")
+            print(f"  {t['image']}: {t['how']}, pairs explained/contradicted {t['explained']}/{t['contradicted']}, "
+                  f"error {t['error_at_registration']} deg at registration, "
+                  + (f"{final_err:.2f} deg after refinement ({verdict})" if t["kept"] else "refused"))
+        old = [e for n, e in final.items() if rec.find_image_with_name(n).image_id in before]
+        print(f"  images of the mapper's model: {sum(e <= args.right_deg for e in old)}/{len(old)} right")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
