@@ -6,11 +6,13 @@ options; then every image its largest model left out is offered to pycolmap's ``
 that model: registration from 2D-3D matches (``register_next_image``), and where that fails, structure-less
 registration from 2D-2D matches to registered images (``register_next_structure_less_image``); each image
 registered is triangulated and locally adjusted, until a round adds none, then the model is globally refined.
-With ``--check``, an image is kept only when the model explains more of its verified pairs to registered
-images than it contradicts (:func:`loftr_sfm.sfm.checks.epipolar_errors`, 4 px on most inliers).
+Each added image's verified pairs with the model's other images vote (:func:`loftr_sfm.sfm.checks.epipolar_errors`,
+4 px on most inliers: explained or contradicted), at registration and after refinement. With ``--check``, an
+added image is dropped after refinement unless the model explains at least 2 of its pairs and more than it
+contradicts, and the model is refined again.
 
-Each image added is printed with how it was registered, its pair votes (explained, contradicted) and its
-median relative-rotation error to the other registered images against GT (right: at most 2 deg).
+Each image added is printed with how it was registered, its votes, and its median relative-rotation error
+to the other registered images against GT (right: at most 2 deg).
 
     python pipelines/complete_model.py --db outputs/suite/eth3d-pipes/xfeat-star/database.db \
         --images ../shared/data/eth3d-pipes/images --gt ../shared/data/eth3d-pipes/gt [--check] [--db ...]
@@ -73,7 +75,7 @@ def votes(rec, iid: int, kp, pairs) -> tuple[int, int]:
 
 
 def complete(rec, db_path: Path, check: bool, gt) -> list[dict]:
-    """Offer every unregistered image of ``db_path`` to ``rec`` (changed in place); one record per image tried."""
+    """Offer every unregistered image of ``db_path`` to ``rec`` (changed in place); one record per image added."""
     import pycolmap
 
     kp, pairs = verified_pairs(db_path)
@@ -85,12 +87,12 @@ def complete(rec, db_path: Path, check: bool, gt) -> list[dict]:
     options, tri = pycolmap.IncrementalMapperOptions(), pycolmap.IncrementalTriangulatorOptions()
     ba = pycolmap.BundleAdjustmentOptions()
     names = {im.image_id: im.name for im in db.read_all_images()}
-    tried, refused = [], set()
-    added = True
-    while added:
-        added = False
+    added: dict[int, dict] = {}
+    progress = True
+    while progress:
+        progress = False
         for iid in names:
-            if rec.images[iid].has_pose or iid in refused:
+            if rec.images[iid].has_pose:
                 continue
             how = "2d-3d"
             ok = mapper.register_next_image(options, iid)
@@ -100,18 +102,23 @@ def complete(rec, db_path: Path, check: bool, gt) -> list[dict]:
                 continue
             e, c = votes(rec, iid, kp, pairs)
             err = relative_rotation_errors(poses_from_reconstruction(rec), gt).get(names[iid], float("nan"))
-            kept = not check or e > c
-            tried.append({"image": names[iid], "how": how, "explained": e, "contradicted": c,
-                          "error_at_registration": round(err, 2), "kept": kept})
-            if not kept:
-                mapper.observation_manager.deregister_frame(rec.images[iid].frame_id)
-                refused.add(iid)
-                continue
+            added[iid] = {"image": names[iid], "how": how, "votes_at_registration": (e, c),
+                          "error_at_registration": round(err, 2), "kept": True}
             mapper.triangulate_image(tri, iid)
             mapper.adjust_local_bundle(options, ba, tri, iid, mapper.get_modified_points3D())
-            added = True
+            progress = True
     mapper.iterative_global_refinement(5, 0.0005, options, ba, tri)
-    return tried
+    for iid, record in added.items():
+        record["votes_refined"] = votes(rec, iid, kp, pairs)
+    if check:  # an added image stays when, refined, the model explains at least 2 of its pairs and more than it contradicts
+        dropped = [iid for iid, r in added.items() if not (r["votes_refined"][0] >= 2
+                                                           and r["votes_refined"][0] > r["votes_refined"][1])]
+        for iid in dropped:
+            mapper.observation_manager.deregister_frame(rec.images[iid].frame_id)
+            added[iid]["kept"] = False
+        if dropped:
+            mapper.iterative_global_refinement(5, 0.0005, options, ba, tri)
+    return list(added.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", type=Path, action="append", required=True)
     ap.add_argument("--images", type=Path, action="append", required=True)
     ap.add_argument("--gt", type=Path, action="append", required=True)
-    ap.add_argument("--check", action="store_true", help="keep an image only if its pairs vote for it")
+    ap.add_argument("--check", action="store_true",
+                    help="after refinement, drop an added image unless its verified pairs vote for it")
     ap.add_argument("--right-deg", type=float, default=2.0)
     args = ap.parse_args(argv)
     if not len(args.db) == len(args.images) == len(args.gt):
@@ -143,9 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         for t in tried:
             final_err = final.get(t["image"]) if t["kept"] else None
             verdict = "" if final_err is None else ("right" if final_err <= args.right_deg else "WRONG")
-            print(f"  {t['image']}: {t['how']}, pairs explained/contradicted {t['explained']}/{t['contradicted']}, "
-                  f"error {t['error_at_registration']} deg at registration, "
-                  + (f"{final_err:.2f} deg after refinement ({verdict})" if t["kept"] else "refused"))
+            e0, c0 = t["votes_at_registration"]
+            e1, c1 = t["votes_refined"]
+            print(f"  {t['image']}: {t['how']}; at registration {t['error_at_registration']} deg, pairs explained/"
+                  f"contradicted {e0}/{c0}; refined {e1}/{c1}: "
+                  + (f"{final_err:.2f} deg ({verdict})" if t["kept"] else "dropped"))
         old = [e for n, e in final.items() if rec.find_image_with_name(n).image_id in before]
         print(f"  images of the mapper's model: {sum(e <= args.right_deg for e in old)}/{len(old)} right")
     return 0
