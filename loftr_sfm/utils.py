@@ -109,6 +109,9 @@ def _field_default(f: dataclasses.Field) -> Any:
     return None
 
 
+_ABSENT = object()  # an entry the defaults' record lacks
+
+
 def changed_options(record: Mapping[str, Any], default: Mapping[str, Any],
                     ignore: tuple[str, ...] = ()) -> dict[str, Any]:
     """The entries of a config record (``dataclasses.asdict``) that differ from the defaults' record.
@@ -130,9 +133,6 @@ def changed_options(record: Mapping[str, Any], default: Mapping[str, Any],
         elif base is _ABSENT or value != base:
             out[key] = value
     return out
-
-
-_ABSENT = object()
 
 
 def merge_config(cls: type[C], base: C | Mapping[str, Any] | None = None, **overrides: Any) -> C:
