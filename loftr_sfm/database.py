@@ -414,6 +414,22 @@ def image_ids_by_name(db_path: Path) -> dict[str, int]:
         return dict(con.execute("SELECT name, image_id FROM images").fetchall())
 
 
+def start_focal_lengths(db_path: Path) -> dict[str, float]:
+    """{image name: mean focal length (px) its database camera starts from} for the images whose camera has no
+    prior focal length (no EXIF, no ``--camera-params``): the mapper's starting guess; read-only."""
+    import pycolmap
+
+    with _reading(db_path) as con:
+        focal = {}
+        for cid, model, width, height, params, prior in con.execute(
+                "SELECT camera_id, model, width, height, params, prior_focal_length FROM cameras"):
+            if not prior:
+                cam = pycolmap.Camera(model=pycolmap.CameraModelId(model), width=width, height=height,
+                                      params=np.frombuffer(params, np.float64))
+                focal[cid] = cam.mean_focal_length()
+        return {name: focal[cid] for name, cid in con.execute("SELECT name, camera_id FROM images") if cid in focal}
+
+
 def images_per_camera(db_path: Path) -> dict[int, int]:
     """{camera_id: number of images} of a database; read-only."""
     with _reading(db_path) as con:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -46,6 +47,8 @@ def test_mapping_outputs_and_summary(scene):
     assert s["duplicate_observations"] == 0
     assert 0 < s["mean_reprojection_error"] < 1.0
     assert s["times"]["matching"] == 12.5 and "keypoints" in s["times"] and "mapping" in s["times"]
+    # the scene's camera has f = 280 px; the database starts from 1.2 x the larger image side (384 px)
+    assert s["focal_change"] == pytest.approx(280 / 384, rel=0.02)
     rec = pycolmap.Reconstruction(str(scene / "model"))
     assert rec.num_reg_images() == 5 and rec.num_points3D() == s["points"]
     assert pycolmap.Reconstruction(str(scene / "model_txt")).num_points3D() == s["points"]
@@ -75,6 +78,21 @@ def test_mapping_outputs_and_summary(scene):
     assert changed_options(record["config"], now) != changed_options(
         stage._record(MappingConfig(mapper="incremental", global_tracks_per_view=300)), now)
     assert "removed_option" in changed_options({**record["config"], "removed_option": 1}, now)
+
+
+def test_a_focal_length_far_from_its_start_is_reported(scene, tmp_path, monkeypatch, caplog):
+    out = tmp_path / "s"
+    shutil.copytree(scene, out)
+    real = stage.start_focal_lengths
+    monkeypatch.setattr(stage, "start_focal_lengths", lambda db: {n: f / 5 for n, f in real(db).items()})
+    with caplog.at_level("WARNING", logger="loftr_sfm.sfm.stage"):
+        s = run_mapping(out, out / "images", MappingConfig(mapper="incremental", overwrite=True))
+    assert s["registered"] == 5 and s["focal_change"] == pytest.approx(5 * 280 / 384, rel=0.02)
+    assert "3.6x the starting guess" in caplog.text and "--camera-params" in caplog.text
+    from loftr_sfm.report.run import collect
+
+    assert any("3.6x the starting guess" in n for n in collect(out, out / "images")["notes"])  # the report says it too
+    assert not any("starting guess" in n for n in collect(scene, scene / "images")["notes"])  # 0.73x: nothing to say
 
 
 def test_one_fallback_run_of_the_other_mapper_when_too_few_images_register(scene, tmp_path, monkeypatch):

@@ -149,6 +149,7 @@ def collect(output: Path, images: Path | None = None, config: ReportConfig | dic
     """The report's data of an output folder (JSON-ready; see the module docstring for what is read)."""
     from ..database import read_images_table, read_pairs_table, read_stage_stats
     from ..io import read_pairs
+    from ..sfm.stage import focal_change_warning
     from ..workspace import read_stage_times
 
     cfg = merge_config(ReportConfig, config)
@@ -157,6 +158,8 @@ def collect(output: Path, images: Path | None = None, config: ReportConfig | dic
     summary = _json(output / "summary.json")
     if not summary:
         notes.append("summary.json is missing: the mapping stage has not finished")
+    if focal_change_warning(summary.get("focal_change")):
+        notes.append(focal_change_warning(summary.get("focal_change")))
     selected = read_pairs(output / "pairs.txt") if (output / "pairs.txt").is_file() else []
     raw, options, left_out = _h5_info(output, selected)
     if summary.get("config"):

@@ -48,6 +48,15 @@ def resolve_principal_point(cameras: CameraOptions, images_per_camera: Mapping[i
     return replace(cameras, refine_principal_point=bool(cameras.refine_focal_length and shared))
 
 
+def focal_change(rec, start: Mapping[str, float]) -> float | None:
+    """Median over the registered images named in ``start`` of their model camera's mean focal length over
+    ``start[name]`` (the focal length the mapper started from, :func:`loftr_sfm.database.start_focal_lengths`);
+    None when no such image is registered."""
+    ratios = [rec.cameras[im.camera_id].mean_focal_length() / start[im.name]
+              for im in rec.images.values() if im.has_pose and im.name in start]
+    return float(np.median(ratios)) if ratios else None
+
+
 def camera_family(model: str) -> str:
     """The model a camera of ``model`` was estimated as before :data:`RADIAL_UPGRADE` (RADIAL -> SIMPLE_RADIAL)."""
     return next((k for k, v in RADIAL_UPGRADE.items() if v == model), model)

@@ -21,11 +21,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from ..database import database_fingerprint, image_ids_by_name, images_per_camera, keypoint_count
+from ..database import database_fingerprint, image_ids_by_name, images_per_camera, keypoint_count, start_focal_lengths
 from ..io import InputError, atomic_path, file_bytes, matches_backend, require_space
 from ..utils import Timer, changed_options, merge_config
 from ..workspace import read_stage_times, record_stage_time
-from .cameras import model_images_per_camera, resolve_principal_point, share_cameras
+from .cameras import focal_change, model_images_per_camera, resolve_principal_point, share_cameras
 from .mappers import map_database
 from .model import MODEL_BYTES_PER_KEYPOINT, model_stats, quiet_pycolmap, write_model
 from .options import MappingConfig
@@ -36,8 +36,19 @@ logger = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"
 # from this many images on, the log points to the faster mapping of large collections (docs/performance.md)
 LARGE_COLLECTION = 300
+# the mapped focal lengths over the starting guess (no EXIF) beyond which (or below its inverse) the log warns
+FOCAL_CHANGE_WARNING = 3.0
 EMPTY_STATS = {"registered": 0, "points": 0, "observations": 0, "mean_track_length": 0.0,
                "duplicate_observations": 0, "mean_reprojection_error": 0.0}
+
+
+def focal_change_warning(change: float | None) -> str | None:
+    """What to tell the user of a summary's ``focal_change`` beyond :data:`FOCAL_CHANGE_WARNING` x (else None)."""
+    if change is None or 1 / FOCAL_CHANGE_WARNING <= change <= FOCAL_CHANGE_WARNING:
+        return None
+    return (f"the focal lengths came out {change:.1f}x the starting guess from the image size (no EXIF): "
+            "self-calibration this far from the start is often wrong; if you know the camera, give --camera-params "
+            "(or photos with EXIF)")
 
 
 def _record(cfg: MappingConfig) -> dict[str, Any]:
@@ -78,7 +89,9 @@ def run_mapping(output: Path, images: Path, config: MappingConfig | dict | None 
     Returns:
         the summary dict (also ``summary.json``): num_images, matcher (of matches.h5), registered, points, observations,
         mean_track_length, mean_reprojection_error, unregistered_images, attempts (one per mapper
-        run), shared_cameras, track_refinement, relative_filter, times, config. If no model could
+        run), focal_change (the mapped focal lengths over the start guessed from the image size, median over
+        the images without EXIF focal; logged as a warning beyond :data:`FOCAL_CHANGE_WARNING` x),
+        shared_cameras, track_refinement, relative_filter, times, config. If no model could
         be built, registered is 0 and no model is written.
     Raises:
         InputError if the database or the image folder is missing.
@@ -113,6 +126,9 @@ def run_mapping(output: Path, images: Path, config: MappingConfig | dict | None 
     with Timer() as t:
         rec, attempts = map_database(db_path, images, cfg, cameras, num_images)
     record_stage_time(output, "mapping", t.seconds)
+    change = focal_change(rec, start_focal_lengths(db_path)) if rec is not None else None
+    if focal_change_warning(change):
+        logger.warning("mapping: %s", focal_change_warning(change))
     share_stats = track_stats = filter_stats = None
     if rec is not None and cfg.cameras.share_cameras:
         with Timer() as ts:
@@ -141,6 +157,7 @@ def run_mapping(output: Path, images: Path, config: MappingConfig | dict | None 
         "unregistered_images": sorted(set(image_ids_by_name(db_path)) - posed),
         "registered_fraction": stats["registered"] / max(num_images, 1),
         "mapper": next((a["mapper"] for a in attempts if a["chosen"]), cfg.mapper),
+        "focal_change": None if change is None else round(change, 4),
         "attempts": attempts,
         "shared_cameras": share_stats,
         "track_refinement": track_stats,
