@@ -33,7 +33,7 @@ class CameraOptions:
 class RefinementOptions:
     """Optional refinement of the model after mapping (both opt-in, see docs/accuracy.md)."""
 
-    refine_tracks: Literal["auto", "on", "off"] = "off"  # photometric track refinement (auto: on unless sift)
+    refine_tracks: Literal["auto", "on", "off"] = "off"  # photometric track refinement: on, off, or auto (on unless sift)
     track_refinement: str | None = None  # TrackRefinementConfig options: 'key=value,key=value' or a JSON object
     relative_filter: bool = False  # drop observations beyond a multiple of the median reprojection error
     relative_filter_factor: float | None = None  # that multiple; None: 3 with fixed intrinsics, else 8
