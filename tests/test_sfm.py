@@ -95,6 +95,30 @@ def test_a_focal_length_far_from_its_start_is_reported(scene, tmp_path, monkeypa
     assert not any("starting guess" in n for n in collect(scene, scene / "images")["notes"])  # 0.73x: nothing to say
 
 
+def test_point_colours_follow_the_exif_orientation(scene, tmp_path):
+    """Photos stored rotated with an EXIF orientation tag (as phones do): the points take the colours of the
+    photos as displayed, where their keypoints are (pycolmap's own extraction reads the stored pixels)."""
+    from PIL import Image
+
+    from loftr_sfm.io import read_image
+    from loftr_sfm.sfm.model import color_points
+
+    out = tmp_path / "s"
+    shutil.copytree(scene, out)
+    for path in sorted((out / "images").iterdir()):
+        exif = Image.Exif()
+        exif[0x0112] = 6  # "rotate 90 deg clockwise to display": store the picture turned the other way
+        Image.open(path).transpose(Image.Transpose.ROTATE_90).save(path, exif=exif)
+        assert np.array_equal(read_image(path), read_image(scene / "images" / path.name))  # displayed the same
+    s = run_mapping(out, out / "images", MappingConfig(mapper="incremental", overwrite=True))
+    rec = pycolmap.Reconstruction(str(out / "model"))
+    assert s["registered"] == 5 and rec.num_points3D() > 500
+    written = {pid: p.color.copy() for pid, p in rec.points3D.items()}
+    assert color_points(rec, scene / "images") == 5  # the unrotated photos: the pixels as displayed
+    assert all(np.array_equal(written[pid], p.color) for pid, p in rec.points3D.items())
+    assert np.mean([c.sum() > 0 for c in written.values()]) > 0.99
+
+
 def test_one_fallback_run_of_the_other_mapper_when_too_few_images_register(scene, tmp_path, monkeypatch):
     (tmp_path / "database.db").write_bytes((scene / "database.db").read_bytes())
     real = mappers.run_mapper

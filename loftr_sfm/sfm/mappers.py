@@ -35,6 +35,7 @@ def incremental_options(cfg: MappingConfig, cameras: CameraOptions):
     o.ba_refine_focal_length = cameras.refine_focal_length
     o.ba_refine_principal_point = bool(cameras.refine_principal_point)
     o.ba_refine_extra_params = cameras.refine_extra_params
+    o.extract_colors = False  # the stage colours the final model itself (sfm.model.color_points)
     return o
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import InputError, require_space, write_failure
+from ..io import ImageReadError, InputError, read_image, require_space, write_failure
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,42 @@ def model_stats(rec) -> dict:
         "duplicate_observations": int(dups),
         "mean_reprojection_error": float(rec.compute_mean_reprojection_error()) if n_pts else 0.0,
     }
+
+
+def color_points(rec, images: Path) -> int:
+    """Give every 3D point of ``rec`` (in place) the mean RGB colour of its observations; returns the images read.
+
+    The photos are read as the keypoints were made from them (:func:`loftr_sfm.io.read_image`: EXIF
+    orientation applied; pycolmap's own colour extraction reads the stored pixels, which puts a rotated
+    phone photo's colours in the wrong place). An observation at COLMAP (x, y) (pixel centre at +0.5)
+    takes the colour of pixel (floor(y), floor(x)). A photo that cannot be read leaves its observations out.
+    """
+    from ..utils import progress
+    from .track_refinement import track_table
+
+    table = track_table(rec)
+    total = np.zeros((len(table.point3D_id), 3))
+    count = np.zeros(len(table.point3D_id))
+    read = 0
+    for image_id, rows in progress(table.by_image().items(), desc="point colours", unit="image", leave=False):
+        name = rec.image(image_id).name
+        try:
+            pixels = read_image(Path(images) / name)
+        except ImageReadError as e:
+            logger.warning("point colours: %s", e)
+            continue
+        read += 1
+        h, w = pixels.shape[:2]
+        col = np.clip(np.floor(table.xy[rows, 0]).astype(np.int64), 0, w - 1)
+        row = np.clip(np.floor(table.xy[rows, 1]).astype(np.int64), 0, h - 1)
+        np.add.at(total, table.track[rows], pixels[row, col])
+        np.add.at(count, table.track[rows], 1.0)
+    seen = count > 0
+    colors = np.zeros((len(count), 3), np.uint8)
+    colors[seen] = np.clip(np.rint(total[seen] / count[seen, None]), 0, 255)
+    for pid, color in zip(table.point3D_id[seen], colors[seen]):
+        rec.point3D(int(pid)).color = color
+    return read
 
 
 #: an upper bound of the model files per database keypoint: binary (24 bytes per 2D point, at most one 3D point per
@@ -172,8 +208,11 @@ def triangulate_from_poses(
                     pycolmap.Image(name=img.name, camera_id=cid, image_id=dbi.image_id), img.cam_from_world())
         if rec.num_images() == 0:
             raise InputError(f"no image of the pose model is in {db_path}")
+        options = pycolmap.IncrementalPipelineOptions()
+        options.extract_colors = False  # coloured below, from the photos as the keypoints saw them
         out = pycolmap.triangulate_points(rec, str(db_copy), str(images), tmp, clear_points=True,
-                                          options=pycolmap.IncrementalPipelineOptions(), refine_intrinsics=refine_intrinsics)
+                                          options=options, refine_intrinsics=refine_intrinsics)
+    color_points(out, images)
     if output is not None:
         Path(output).mkdir(parents=True, exist_ok=True)
         out.write_binary(str(output))

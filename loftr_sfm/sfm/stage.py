@@ -27,7 +27,7 @@ from ..utils import Timer, changed_options, merge_config
 from ..workspace import read_stage_times, record_stage_time
 from .cameras import focal_change, model_images_per_camera, resolve_principal_point, share_cameras
 from .mappers import map_database
-from .model import MODEL_BYTES_PER_KEYPOINT, model_stats, quiet_pycolmap, write_model
+from .model import MODEL_BYTES_PER_KEYPOINT, color_points, model_stats, quiet_pycolmap, write_model
 from .options import MappingConfig
 from .refine import filter_model, refine_model_tracks, track_refinement_wanted
 
@@ -146,6 +146,7 @@ def run_mapping(output: Path, images: Path, config: MappingConfig | dict | None 
             rec, filter_stats = filter_model(rec, cfg.refinement, cameras, cfg.num_threads)
         record_stage_time(output, "relative_filter", tf.seconds)
     if rec is not None:
+        color_points(rec, images)  # the photos as the keypoints saw them (EXIF orientation applied)
         write_model(rec, output)
     stats = model_stats(rec) if rec is not None else dict(EMPTY_STATS)
     posed = {im.name for im in rec.images.values() if im.has_pose} if rec is not None else set()
