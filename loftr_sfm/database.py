@@ -516,7 +516,8 @@ def run_database(output: Path, images: Path, config: DatabaseConfig | None = Non
                     "--method sequential --loop-closure`, or use retrieval pairs)", link["after"], link["before"],
                     f"only {link['verified_pairs']} verified pair(s) "
                     f"({', '.join(f'{a} {b}' for a, b in link['pairs'])})" if link["pairs"] else "no verified pair")
-            stats = {**database_stats(tmp), "rejected_pairs": len(rejected), "weak_links": links}
+            stats = {**database_stats(tmp), "rejected_pairs": len(rejected), "weak_links": links,
+                     "known_calibration": bool(cfg.camera_params)}  # the mapping stage holds such cameras
         with atomic_path(stamp) as tmp:
             tmp.write_text(json.dumps({"signature": sig, "stats": stats}, indent=1))
     logger.info(

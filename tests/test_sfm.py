@@ -95,6 +95,25 @@ def test_a_focal_length_far_from_its_start_is_reported(scene, tmp_path, monkeypa
     assert not any("starting guess" in n for n in collect(scene, scene / "images")["notes"])  # 0.73x: nothing to say
 
 
+def test_a_calibration_given_to_the_database_is_held(scene, tmp_path):
+    """--camera-params is a known calibration: the model keeps it as given unless hold_known_calibration is off."""
+    out = tmp_path / "s"
+    shutil.copytree(scene, out)
+    cam = next(iter(pycolmap.Reconstruction(str(scene / "gt")).cameras.values()))
+    given = [290.0, 290.0, cam.principal_point_x, cam.principal_point_y]  # the focal length 3.6 % off the truth (280)
+    run_database(out, out / "images", {"camera_model": "PINHOLE", "camera_params": ",".join(map(str, given)),
+                                       "overwrite": True})
+    s = run_mapping(out, out / "images", MappingConfig(mapper="incremental", overwrite=True))
+    rec = pycolmap.Reconstruction(str(out / "model"))
+    assert s["registered"] == 5 and s["known_calibration_held"] and s["shared_cameras"] is None
+    assert all(c.params.tolist() == given for c in rec.cameras.values())
+    s = run_mapping(out, out / "images", MappingConfig(mapper="incremental", overwrite=True,
+                                                       cameras=CameraOptions(hold_known_calibration=False)))
+    rec = pycolmap.Reconstruction(str(out / "model"))
+    assert s["registered"] == 5 and not s["known_calibration_held"]
+    assert all(abs(c.mean_focal_length() - 280.0) < abs(290.0 - 280.0) for c in rec.cameras.values())  # refined
+
+
 def test_point_colours_follow_the_exif_orientation(scene, tmp_path):
     """Photos stored rotated with an EXIF orientation tag (as phones do): the points take the colours of the
     photos as displayed, where their keypoints are (pycolmap's own extraction reads the stored pixels)."""

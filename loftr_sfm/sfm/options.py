@@ -27,6 +27,7 @@ class CameraOptions:
     share_cameras: bool = True  # images of one size whose estimated cameras agree get one camera
     share_cameras_tolerance: float = 0.03  # ... their focal lengths in runs without relative gaps over this
     share_cameras_radial: bool = True  # ... and a shared SIMPLE_RADIAL camera gets a second radial term (RADIAL)
+    hold_known_calibration: bool = True  # cameras given to the database stage (camera_params) are held as given
 
 
 @dataclass

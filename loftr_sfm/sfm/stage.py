@@ -21,7 +21,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from ..database import database_fingerprint, image_ids_by_name, images_per_camera, keypoint_count, start_focal_lengths
+from ..database import (database_fingerprint, image_ids_by_name, images_per_camera, keypoint_count, read_stage_stats,
+                        start_focal_lengths)
 from ..io import InputError, atomic_path, file_bytes, matches_backend, require_space
 from ..utils import Timer, changed_options, merge_config
 from ..workspace import read_stage_times, record_stage_time
@@ -119,7 +120,14 @@ def run_mapping(output: Path, images: Path, config: MappingConfig | dict | None 
     num_images = sum(per_camera.values())
     # room for the model files (and a mapper's copy of the database) before minutes of mapping, not after
     require_space(output / "model", MODEL_BYTES_PER_KEYPOINT * keypoint_count(db_path) + file_bytes(db_path))
-    cameras = resolve_principal_point(cfg.cameras, per_camera)
+    # a calibration the user gave the database stage is known: bundle adjustment holds it (hold_known_calibration)
+    held = bool(read_stage_stats(output).get("known_calibration")) and cfg.cameras.hold_known_calibration
+    base = (replace(cfg.cameras, refine_focal_length=False, refine_principal_point=False, refine_extra_params=False)
+            if held else cfg.cameras)
+    if held:
+        logger.info("mapping: the cameras are the calibration given to the database stage (camera_params), held as "
+                    "given (--hold-known-calibration false refines them)")
+    cameras = resolve_principal_point(base, per_camera)
     if num_images >= LARGE_COLLECTION and not (cfg.mapper == "global" and cfg.global_tracks_per_view):
         logger.info("mapping: %d images; for collections this large, --mapper global --global-tracks-per-view 300 "
                     "takes a fraction of the time and memory (docs/performance.md)", num_images)
@@ -132,7 +140,7 @@ def run_mapping(output: Path, images: Path, config: MappingConfig | dict | None 
     share_stats = track_stats = filter_stats = None
     if rec is not None and cfg.cameras.share_cameras:
         with Timer() as ts:
-            rec, share_stats = share_cameras(rec, cfg.cameras, cfg.num_threads)  # the user's principal point rule
+            rec, share_stats = share_cameras(rec, base, cfg.num_threads)  # the user's principal point rule
         record_stage_time(output, "share_cameras", ts.seconds)
         if share_stats is not None and share_stats["groups"] and cfg.cameras.refine_principal_point is None:
             cameras = resolve_principal_point(replace(cameras, refine_principal_point=None),
@@ -159,6 +167,7 @@ def run_mapping(output: Path, images: Path, config: MappingConfig | dict | None 
         "registered_fraction": stats["registered"] / max(num_images, 1),
         "mapper": next((a["mapper"] for a in attempts if a["chosen"]), cfg.mapper),
         "focal_change": None if change is None else round(change, 4),
+        "known_calibration_held": held,
         "attempts": attempts,
         "shared_cameras": share_stats,
         "track_refinement": track_stats,
