@@ -7,8 +7,10 @@
 3. optional refinement (:mod:`loftr_sfm.sfm.refine`, opt-in): photometric track refinement,
    relative filtering of observations.
 
-Cameras given to the database stage (``camera_params``) are a known calibration: every bundle adjustment holds
-them as given (``cameras.hold_known_calibration``). Nothing removes a registered image. The summary lists every database image without a pose.
+Cameras given to the database stage (``camera_params``) are a known calibration: every bundle
+adjustment holds them as given (``cameras.hold_known_calibration``).
+
+Nothing removes a registered image. The summary lists every database image without a pose.
 Resumable: an existing model is reused when the database's content and the options are those
 it was made from (``overwrite`` maps again).
 """
