@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scene_suite import DATA, GT_SCENES  # noqa: E402
 
 from loftr_sfm.evaluation import evaluate_reconstruction  # noqa: E402
-from loftr_sfm.sfm.cameras import share_cameras  # noqa: E402
+from loftr_sfm.sfm.cameras import model_images_per_camera, share_cameras  # noqa: E402
 from loftr_sfm.sfm.options import PRINCIPAL_POINT_MIN_IMAGES, CameraOptions  # noqa: E402
 
 VARIANTS = {
@@ -45,9 +45,7 @@ VARIANTS = {
 
 def principal_offsets(rec, min_images: int = 1) -> list[tuple[float, float]]:
     """Principal point minus the image centre (px) of the cameras used by at least ``min_images`` images."""
-    users: dict[int, int] = {}
-    for im in rec.images.values():
-        users[im.camera_id] = users.get(im.camera_id, 0) + 1
+    users = model_images_per_camera(rec)
     return [(round(c.principal_point_x - c.width / 2, 2), round(c.principal_point_y - c.height / 2, 2))
             for cid, c in rec.cameras.items() if users.get(cid, 0) >= min_images]
 
@@ -66,9 +64,7 @@ def principal_point_z(rec, min_images: int) -> list[tuple[float, float]]:
     adjuster = pycolmap.create_default_ceres_bundle_adjuster(options, config, rec)
     adjuster.solve()
     cov = pycolmap.estimate_ba_covariance(pycolmap.BACovarianceOptions(), rec, adjuster)
-    users: dict[int, int] = {}
-    for im in rec.images.values():
-        users[im.camera_id] = users.get(im.camera_id, 0) + 1
+    users = model_images_per_camera(rec)
     out = []
     for cid, cam in rec.cameras.items():
         if users.get(cid, 0) < min_images or cov is None:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from camera_rules import VARIANTS  # noqa: E402
 
 from loftr_sfm.evaluation import evaluate_reconstruction  # noqa: E402
-from loftr_sfm.sfm.cameras import share_cameras  # noqa: E402
+from loftr_sfm.sfm.cameras import model_images_per_camera, share_cameras  # noqa: E402
 from loftr_sfm.sfm.mappers import run_mapper  # noqa: E402
 from loftr_sfm.sfm.options import CameraOptions, MappingConfig  # noqa: E402
 
@@ -50,9 +50,7 @@ def calibrated_reference(rec, fx: float, fy: float, cx: float, cy: float):
 
 def main_camera(rec):
     """The camera used by most registered images."""
-    users: dict[int, int] = {}
-    for iid in rec.reg_image_ids():
-        users[rec.image(iid).camera_id] = users.get(rec.image(iid).camera_id, 0) + 1
+    users = model_images_per_camera(rec)
     return rec.cameras[max(users, key=users.get)]
 
 
