@@ -21,13 +21,10 @@ to the other registered images against GT (right: at most 2 deg).
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,43 +32,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_choice import relative_rotation_errors  # noqa: E402
 
 from loftr_sfm.evaluation import poses_from_reconstruction  # noqa: E402
-from loftr_sfm.sfm.checks import epipolar_errors  # noqa: E402
+from loftr_sfm.sfm.checks import explains, verified_geometries  # noqa: E402
 from loftr_sfm.sfm.mappers import run_mapper  # noqa: E402
 from loftr_sfm.sfm.options import CameraOptions, MappingConfig  # noqa: E402
 
 
-def verified_pairs(db_path: Path, min_inliers: int = 15):
-    """(keypoints per image id, image id -> [(other id, (M, 2) inlier match indices)])."""
-    import pycolmap
-
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as con:
-        kp = {iid: np.frombuffer(d, np.float32).reshape(r, c)[:, :2].astype(np.float64)
-              for iid, r, c, d in con.execute("SELECT image_id, rows, cols, data FROM keypoints") if r}
-        pairs: dict[int, list] = {}
-        for pid, rows, data in con.execute("SELECT pair_id, rows, data FROM two_view_geometries WHERE rows >= ?",
-                                           (min_inliers,)):
-            a, b = pycolmap.pair_id_to_image_pair(pid)
-            m = np.frombuffer(data, np.uint32).reshape(rows, 2)
-            pairs.setdefault(a, []).append((b, m))
-            pairs.setdefault(b, []).append((a, m[:, ::-1]))
+def verified_pairs(db_path: Path) -> tuple[dict, dict]:
+    """(keypoints per image id, image id -> [(other id, (M, 2) inlier match indices, own first)])."""
+    _ids, kp, geometries = verified_geometries(db_path)
+    pairs: dict[int, list] = {}
+    for a, b, m in geometries:
+        pairs.setdefault(a, []).append((b, m))
+        pairs.setdefault(b, []).append((a, m[:, ::-1]))
     return kp, pairs
 
 
 def votes(rec, iid: int, kp, pairs) -> tuple[int, int]:
     """(explained, contradicted) verified pairs of image ``iid`` with the model's other posed images."""
     ia = rec.images[iid]
-    explained = contradicted = 0
-    for b, m in pairs.get(iid, []):
-        ib = rec.images[b]
-        if not ib.has_pose:
-            continue
-        err = epipolar_errors(ia, rec.cameras[ia.camera_id], kp[iid][m[:, 0]], ib, rec.cameras[ib.camera_id],
-                              kp[b][m[:, 1]])
-        if np.mean(err < 4.0) > 0.5:
-            explained += 1
-        else:
-            contradicted += 1
-    return explained, contradicted
+    verdicts = [explains(rec, ia, rec.images[b], kp[iid][m[:, 0]], kp[b][m[:, 1]])
+                for b, m in pairs.get(iid, []) if rec.images[b].has_pose]
+    return sum(verdicts), len(verdicts) - sum(verdicts)
 
 
 def complete(rec, db_path: Path, check: bool, gt) -> list[dict]:

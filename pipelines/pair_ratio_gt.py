@@ -25,31 +25,21 @@ def pair_agreement(db_path: Path, gt_path: Path, max_error: float = 4.0) -> list
     """Per verified pair: names, matches, inliers, inlier ratio and the share of inliers agreeing with GT."""
     import pycolmap
 
-    from loftr_sfm.sfm.checks import epipolar_errors
+    from loftr_sfm.database import read_only
+    from loftr_sfm.sfm.checks import epipolar_errors, verified_geometries
 
     gt = pycolmap.Reconstruction(str(gt_path))
     gt_images = {im.name: im for im in gt.images.values() if im.has_pose}
+    names, keypoints, geometries = verified_geometries(db_path, 15, set(gt_images))
+    with read_only(Path(db_path)) as con:
+        num_matches = dict(con.execute("SELECT pair_id, rows FROM matches"))
     rows = []
-    with pycolmap.Database.open(str(db_path)) as db:
-        names = {im.image_id: im.name for im in db.read_all_images()}
-        num_matches = dict(zip(*db.read_num_matches()))
-        keypoints: dict[int, np.ndarray] = {}
-        pair_ids, geometries = db.read_two_view_geometries()
-        for pair_id, tvg in zip(pair_ids, geometries):
-            inl = np.asarray(tvg.inlier_matches, np.int64).reshape(-1, 2)
-            if len(inl) < 15:
-                continue
-            a, b = pycolmap.pair_id_to_image_pair(pair_id)
-            if names[a] not in gt_images or names[b] not in gt_images:
-                continue
-            for i in (a, b):
-                if i not in keypoints:
-                    keypoints[i] = np.asarray(db.read_keypoints(i), np.float64)[:, :2]
-            ia, ib = gt_images[names[a]], gt_images[names[b]]
-            err = epipolar_errors(ia, ia.camera, keypoints[a][inl[:, 0]], ib, ib.camera, keypoints[b][inl[:, 1]])
-            rows.append({"pair": [names[a], names[b]], "matches": int(num_matches.get(pair_id, len(inl))),
-                         "inliers": len(inl), "ratio": len(inl) / max(int(num_matches.get(pair_id, len(inl))), 1),
-                         "agree": float(np.mean(err < max_error))})
+    for a, b, inl in geometries:
+        matches = int(num_matches.get(pycolmap.image_pair_to_pair_id(a, b), len(inl)))
+        ia, ib = gt_images[names[a]], gt_images[names[b]]
+        err = epipolar_errors(ia, ia.camera, keypoints[a][inl[:, 0]], ib, ib.camera, keypoints[b][inl[:, 1]])
+        rows.append({"pair": [names[a], names[b]], "matches": matches, "inliers": len(inl),
+                     "ratio": len(inl) / max(matches, 1), "agree": float(np.mean(err < max_error))})
     return rows
 
 

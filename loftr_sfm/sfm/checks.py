@@ -67,14 +67,17 @@ def epipolar_errors(image_a, camera_a, x_a: np.ndarray, image_b, camera_b, x_b: 
     return np.sqrt(num / np.maximum(den, 1e-300)) * focal
 
 
-def explained_pairs(rec, db_path: Path, max_error: float = 4.0, min_share: float = 0.5,
-                    min_inliers: int = 15) -> Explained:
-    """Count the verified pairs of ``db_path`` between images registered in ``rec`` that ``rec`` explains."""
+def verified_geometries(db_path: Path, min_inliers: int = 15, names: set[str] | None = None):
+    """The verified pairs of a database (read-only) between images named in ``names`` (None: every image).
+
+    Returns ({image id: name}, {image id: (N, 2) float64 keypoints, COLMAP pixels}, [(id a, id b, (M, 2) inlier
+    keypoint indices of a and b)]).
+    """
     import pycolmap
 
-    posed = {im.name: im for im in rec.images.values() if im.has_pose}
     with read_only(Path(db_path)) as con:
-        ids = {iid: name for iid, name in con.execute("SELECT image_id, name FROM images") if name in posed}
+        ids = {iid: name for iid, name in con.execute("SELECT image_id, name FROM images")
+               if names is None or name in names}
         geometries = []
         for pid, rows, data in con.execute("SELECT pair_id, rows, data FROM two_view_geometries WHERE rows >= ?",
                                            (min_inliers,)):
@@ -85,10 +88,22 @@ def explained_pairs(rec, db_path: Path, max_error: float = 4.0, min_share: float
         for iid, rows, cols, data in con.execute("SELECT image_id, rows, cols, data FROM keypoints"):
             if iid in ids and rows:
                 keypoints[iid] = np.frombuffer(data, np.float32).reshape(rows, cols)[:, :2].astype(np.float64)
-    explained = 0
-    for a, b, m in geometries:
-        ia, ib = posed[ids[a]], posed[ids[b]]
-        err = epipolar_errors(ia, rec.cameras[ia.camera_id], keypoints[a][m[:, 0]],
-                              ib, rec.cameras[ib.camera_id], keypoints[b][m[:, 1]])
-        explained += int(np.mean(err < max_error) > min_share)
+    return ids, keypoints, geometries
+
+
+def explains(rec, image_a, image_b, x_a: np.ndarray, x_b: np.ndarray, max_error: float = 4.0,
+             min_share: float = 0.5) -> bool:
+    """Whether ``rec`` explains a verified pair: more than ``min_share`` of its inlier matches ``x_a``, ``x_b``
+    ((M, 2) pixels) lie within ``max_error`` px of the epipolar geometry of the posed ``image_a``, ``image_b``."""
+    err = epipolar_errors(image_a, rec.cameras[image_a.camera_id], x_a, image_b, rec.cameras[image_b.camera_id], x_b)
+    return bool(np.mean(err < max_error) > min_share)
+
+
+def explained_pairs(rec, db_path: Path, max_error: float = 4.0, min_share: float = 0.5,
+                    min_inliers: int = 15) -> Explained:
+    """Count the verified pairs of ``db_path`` between images registered in ``rec`` that ``rec`` explains."""
+    posed = {im.name: im for im in rec.images.values() if im.has_pose}
+    ids, keypoints, geometries = verified_geometries(db_path, min_inliers, set(posed))
+    explained = sum(explains(rec, posed[ids[a]], posed[ids[b]], keypoints[a][m[:, 0]], keypoints[b][m[:, 1]],
+                             max_error, min_share) for a, b, m in geometries)
     return Explained(registered=len(posed), pairs=len(geometries), explained=explained)
