@@ -158,8 +158,8 @@ def collect(output: Path, images: Path | None = None, config: ReportConfig | dic
     summary = _json(output / "summary.json")
     if not summary:
         notes.append("summary.json is missing: the mapping stage has not finished")
-    if focal_change_warning(summary.get("focal_change")):
-        notes.append(focal_change_warning(summary.get("focal_change")))
+    if warning := focal_change_warning(summary.get("focal_change")):
+        notes.append(warning)
     selected = read_pairs(output / "pairs.txt") if (output / "pairs.txt").is_file() else []
     raw, options, left_out = _h5_info(output, selected)
     if summary.get("config"):

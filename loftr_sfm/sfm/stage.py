@@ -138,8 +138,8 @@ def run_mapping(output: Path, images: Path, config: MappingConfig | dict | None 
         rec, attempts = map_database(db_path, images, cfg, cameras, num_images)
     record_stage_time(output, "mapping", t.seconds)
     change = focal_change(rec, start_focal_lengths(db_path)) if rec is not None else None
-    if focal_change_warning(change):
-        logger.warning("mapping: %s", focal_change_warning(change))
+    if warning := focal_change_warning(change):
+        logger.warning("mapping: %s", warning)
     share_stats = track_stats = filter_stats = None
     if rec is not None and cfg.cameras.share_cameras:
         with Timer() as ts:
