@@ -248,10 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     main.add_argument("--report", type=_parse_bool, nargs="?", const=True, default=True, metavar="BOOL",
                       help="write OUTPUT/report.html at the end (default: true)")
     p.usage = _short_usage(main)
-    p.add_argument_group("advanced: reconstruct options").add_argument(
-        "--bridge-weak-links", type=_parse_bool, nargs="?", const=True, default=True, metavar="BOOL",
-        help="sequential pairs without loop closure: if the database stage finds weak links (a video "
-             "with a gap), select the pairs again with loop closure and go on from there (default: true)")
+    p.add_argument("--bridge-weak-links", type=_parse_bool, nargs="?", const=True, default=None,
+                   help=argparse.SUPPRESS)  # deprecated, no effect: loop closure is on by default
 
     _add_stage(sub, "pairs", "select image pairs -> pairs.txt", True)
     _add_stage(sub, "match", "match the pairs -> matches.h5 (raw, per pair)", True)
@@ -310,12 +308,14 @@ def run(argv: list[str] | None = None) -> Any:
     if cmd == "reconstruct":
         from loftr_sfm.stages import reconstruct
 
+        if args.bridge_weak_links is not None:
+            logger.warning("--bridge-weak-links has no effect any more: sequential pairs get loop-closure pairs from "
+                           "the start (--loop-closure, on by default)")
         configs = {stage: given_options(_config_class(stage), args) for stage in ("pairs", "match", "keypoints", "database", "map")}
         return reconstruct(
             args.images, args.output,
             pairs=configs["pairs"], matching=configs["match"], keypoints=configs["keypoints"],
-            database=configs["database"], mapping=configs["map"], bridge_weak_links=args.bridge_weak_links,
-            report=args.report,
+            database=configs["database"], mapping=configs["map"], report=args.report,
         )
     if cmd in ("pairs", "match", "keypoints", "database", "map"):
         module, cls_name, _ = STAGE_CONFIGS[cmd]

@@ -512,8 +512,9 @@ def run_database(output: Path, images: Path, config: DatabaseConfig | None = Non
             for link in links:
                 logger.warning(
                     "database: the images up to %s and those from %s on (name order) are linked by %s; the "
-                    "model may bend or split there (a video with a gap: add loop-closure pairs, `loftr-sfm pairs "
-                    "--method sequential --loop-closure`, or use retrieval pairs)", link["after"], link["before"],
+                    "model may bend or split there (sequential pairs of a video with a gap: keep their loop-closure "
+                    "pairs on, `--loop-closure`, or raise `--loop-closure-neighbors`; or the photos show places "
+                    "that do not overlap)", link["after"], link["before"],
                     f"only {link['verified_pairs']} verified pair(s) "
                     f"({', '.join(f'{a} {b}' for a, b in link['pairs'])})" if link["pairs"] else "no verified pair")
             stats = {**database_stats(tmp), "rejected_pairs": len(rejected), "weak_links": links,

@@ -5,7 +5,9 @@ Methods (``PairsConfig.method``):
 * ``exhaustive``: every pair, N(N-1)/2.
 * ``sequential``: each image with the next ``num_neighbors`` images in name order (videos,
   walk-throughs); ``quadratic`` adds steps 2^j (j = 0 .. num_neighbors-1) beyond that window;
-  ``loop_closure`` adds the top-``loop_closure_neighbors`` retrieval pairs of every image.
+  ``loop_closure`` (on by default) adds the top-``loop_closure_neighbors`` retrieval pairs of every
+  image: where the path comes back (a ring, rows of a grid, a walk that returns) the images meet
+  again, and a video with a gap is tied across it.
 * ``retrieval``: each image with its top-``num_neighbors`` images by global descriptor
   similarity (:mod:`loftr_sfm.retrieval`; descriptors and the fitted vocabulary are saved in the
   output folder and reused on rerun and by localization).
@@ -44,7 +46,7 @@ class PairsConfig:
         default=10, metadata={"help": "K: sequential window / retrieval top-k / covisibility top-k per image"}
     )
     quadratic: bool = field(default=False, metadata={"help": "sequential: also pair with images 2^j steps ahead"})
-    loop_closure: bool = field(default=False, metadata={"help": "sequential: add retrieval pairs (loop closure)"})
+    loop_closure: bool = field(default=True, metadata={"help": "sequential: add retrieval pairs (loop closure)"})
     loop_closure_neighbors: int = field(default=5, metadata={"help": "sequential: retrieval top-k for loop closure"})
     descriptor: str = field(default="vlad-sift", metadata={"help": "global descriptor for retrieval: vlad-sift | dinov2"})
     vocabulary_size: int = field(default=64, metadata={"help": "vlad-sift: number of visual words"})
@@ -218,7 +220,12 @@ def run_pairs(output: Path, images: Path, config: PairsConfig | Mapping[str, Any
     elif method == "sequential":
         loop = None
         if config.loop_closure and len(names) > 2:
-            loop = _retrieval_pairs(output, images, names, config, config.loop_closure_neighbors)
+            from .retrieval import VocabularyError
+
+            try:
+                loop = _retrieval_pairs(output, images, names, config, config.loop_closure_neighbors)
+            except VocabularyError as e:  # featureless photos: the sequential pairs alone
+                logger.warning("sequential pairs without loop closure: %s", e)
         pairs = pairs_from_sequential(names, config.num_neighbors, config.quadratic, loop)
     elif method == "retrieval":
         pairs = _retrieval_pairs(output, images, names, config, config.num_neighbors)

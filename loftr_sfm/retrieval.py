@@ -42,6 +42,10 @@ class RetrievalUnavailableError(RuntimeError):
     """A learned global descriptor cannot be used here (weights not downloadable / package missing)."""
 
 
+class VocabularyError(InputError):
+    """The photos hold too few local features to fit a vlad-sift vocabulary (blank or featureless images)."""
+
+
 @dataclass
 class RetrievalConfig:
     descriptor: str = field(default="vlad-sift", metadata={"help": "global descriptor: vlad-sift | dinov2"})
@@ -121,7 +125,8 @@ def kmeans(x: np.ndarray, k: int, iterations: int = 25, seed: int = 0) -> np.nda
     X = torch.from_numpy(np.ascontiguousarray(x, np.float32))
     n = len(X)
     if n < k:
-        raise InputError(f"cannot fit a vocabulary of {k} words from only {n} descriptors (too few or blank images)")
+        raise VocabularyError(f"cannot fit a vocabulary of {k} words from only {n} descriptors (too few or blank "
+                              "images)")
     first = torch.randint(n, (1,), generator=g)
     C = X[first].clone()
     d2 = torch.cdist(X, C).squeeze(1) ** 2
@@ -225,7 +230,7 @@ def fit_vocabulary(paths: Sequence[Path], config: RetrievalConfig | None = None)
         ]
         sample.append(take)
     if not sample:
-        raise InputError("no readable image to fit the retrieval vocabulary")
+        raise VocabularyError("no readable image to fit the retrieval vocabulary")
     X = np.concatenate(sample)
     centroids = kmeans(X, config.num_words, seed=config.seed)
     logger.info("fitted a %d-word VLAD vocabulary on %d descriptors of %d images", config.num_words, len(X), len(sample))

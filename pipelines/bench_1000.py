@@ -93,7 +93,8 @@ def run_size(a: argparse.Namespace, n: int) -> dict:
               flush=True)
 
     print(f"{n} images ({a.pairs} pairs, {a.neighbors} neighbours, {cfg.width}x{cfg.height}):", flush=True)
-    m = stage("pairs", [*common, "--pairs", a.pairs, "--num-neighbors", str(a.neighbors)])
+    loop = ["--loop-closure", "false"] if a.pairs == "sequential" else []  # flat grey images: nothing to retrieve
+    m = stage("pairs", [*common, "--pairs", a.pairs, "--num-neighbors", str(a.neighbors), *loop])
     pairs = read_pairs(out / "pairs.txt")
     report("pairs", m, pairs=len(pairs))
     t = time.perf_counter()

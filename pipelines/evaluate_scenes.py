@@ -9,9 +9,8 @@ continues where it stopped.
 Matching is done once per (scene, matcher): on the exhaustive pairs when ``exhaustive`` is
 requested, else on the union of the requested methods' pairs; every run takes its pairs' raw
 matches from there (the matching stage then has nothing left to do), so all pair-selection
-methods see identical matches. Unlike ``reconstruct``, sequential pairs are not bridged where the
-database shows weak links (every matcher gets the same pairs; ``--pairs sequential+loop`` gives
-every matcher the loop-closure pairs that bridging adds).
+methods see identical matches. ``--pairs sequential`` is the sequential window alone and
+``sequential+loop`` adds the loop-closure pairs (what ``reconstruct`` does by default).
 
 ``--intrinsics gt`` adds runs with the GT calibration (one camera, fixed in bundle adjustment):
 with the default policy (principal point fixed at the image centre) Strecha scenes carry a
@@ -159,10 +158,10 @@ def model_row(summary: dict, output: Path, gt: Path) -> dict:
 
 
 def pairs_options(method: str, num_neighbors: int) -> dict:
-    """The pairs stage's options for a method of the grid: a PairsConfig method, or ``sequential+loop``
-    (sequential pairs plus retrieval loop closure, what a video with gaps calls for)."""
-    if method == "sequential+loop":
-        return {"method": "sequential", "num_neighbors": num_neighbors, "loop_closure": True}
+    """The pairs stage's options for a method of the grid: a PairsConfig method (``sequential`` without loop
+    closure), or ``sequential+loop`` (sequential pairs plus retrieval loop closure, the library's default)."""
+    if method.startswith("sequential"):
+        return {"method": "sequential", "num_neighbors": num_neighbors, "loop_closure": method == "sequential+loop"}
     return {"method": method, "num_neighbors": num_neighbors}
 
 

@@ -104,10 +104,18 @@ QUICK_MAX_ROT_DEG = 0.5
 
 
 def scene_inputs(scene: Scene, work: Path) -> tuple[Path, Path, Path | None]:
-    """(images, gt, folder with the generator's pairs.txt + matches.h5 or None) of a scene."""
+    """(images, gt, folder with pairs.txt + matches.h5 or None) of a scene.
+
+    A synthetic scene's pairs are selected by the library's pairs stage with the scene's options and
+    the library's defaults (as for a real scene), and the generator draws the raw matches of exactly
+    those pairs.
+    """
     if scene.data:
         return (*scene.images_and_gt, None)
     import synthetic
+
+    from loftr_sfm.io import read_pairs
+    from loftr_sfm.pairs import run_pairs
 
     root = work / scene.name / "scene"
     if not (root / "synthetic.json").is_file():
@@ -117,7 +125,15 @@ def scene_inputs(scene: Scene, work: Path) -> tuple[Path, Path, Path | None]:
         shutil.rmtree(tmp, ignore_errors=True)
         synthetic.generate(tmp, synthetic.SceneConfig(**opts))
         tmp.replace(root)
-    return root / "images", root / "gt", root
+    served = work / scene.name / "served"
+    served.mkdir(parents=True, exist_ok=True)
+    pairs_text = run_pairs(served, root / "images", scene.pairs).read_text()
+    stamp = served / "matches_of_pairs.txt"
+    if not (served / "matches.h5").is_file() or not stamp.is_file() or stamp.read_text() != pairs_text:
+        config = json.loads((root / "synthetic.json").read_text())["config"]
+        synthetic.write_matches(served, synthetic.SceneConfig(**config), read_pairs(served / "pairs.txt"))
+        stamp.write_text(pairs_text)
+    return root / "images", root / "gt", served
 
 
 def evaluate(model: Path, gt: Path, num_images: int) -> dict:

@@ -52,11 +52,29 @@ def test_reconstruct_passes_only_given_options(monkeypatch, tmp_path):
     assert seen["mapping"] == {"mapper": "global"}
     assert seen["database"] == {"verify": False}
     assert seen["keypoints"] == {}
-    assert seen["bridge_weak_links"] is True
-    cli.run(["reconstruct", "--images", str(tmp_path), "--output", str(tmp_path / "o"), "--bridge-weak-links", "false",
-             "--share-cameras", "false", "--refine-tracks", "on"])
-    assert seen["bridge_weak_links"] is False
+    assert "bridge_weak_links" not in seen
+    seen.clear()
+    cli.run(["reconstruct", "--images", str(tmp_path), "--output", str(tmp_path / "o"), "--pairs", "sequential",
+             "--loop-closure", "false", "--share-cameras", "false", "--refine-tracks", "on"])
+    assert seen["pairs"] == {"method": "sequential", "loop_closure": False}
     assert seen["mapping"] == {"share_cameras": False, "refine_tracks": "on"}  # flat leaves of the nested config
+
+
+def test_the_deprecated_bridge_flag_is_accepted_with_a_warning(monkeypatch, tmp_path, caplog):
+    """``--bridge-weak-links`` (gone: loop closure is on by default) still parses, says it has no effect and
+    reaches nothing."""
+    seen = {}
+
+    def fake_reconstruct(images, output, **configs):
+        seen.update(configs)
+
+    import loftr_sfm.stages
+
+    monkeypatch.setattr(loftr_sfm.stages, "reconstruct", fake_reconstruct)
+    with caplog.at_level("WARNING", logger="loftr_sfm"):
+        cli.run(["reconstruct", "--images", str(tmp_path), "--output", str(tmp_path / "o"), "--bridge-weak-links",
+                 "false"])
+    assert "--bridge-weak-links has no effect" in caplog.text and "bridge_weak_links" not in seen
 
 
 def test_bool_parsing_rejects_garbage():

@@ -137,7 +137,7 @@ def test_run_pairs_stage(tmp_path):
     for i in range(6):
         Image.new("RGB", (32, 24), (i * 40, 0, 0)).save(images / ("sub" if i % 2 else ".") / f"im{i}.png")
     out = tmp_path / "out"
-    p = run_pairs(out, images, {"method": "sequential", "num_neighbors": 2})
+    p = run_pairs(out, images, {"method": "sequential", "num_neighbors": 2, "loop_closure": False})
     pairs = read_pairs(p)
     assert p == out / "pairs.txt" and len(pairs) == 5 + 4
     p = run_pairs(out, images, PairsConfig(method="exhaustive"))
@@ -180,3 +180,19 @@ def test_run_pairs_retrieval_and_loop_closure(tmp_path):
     assert feats.stat().st_mtime_ns == mtime  # descriptors reused
     assert set(pairs) <= set(seq) and set(pairs_from_sequential(names, 1)) <= set(seq)
     assert len(seq) == len(set(pairs) | set(pairs_from_sequential(names, 1)))
+
+
+def test_loop_closure_is_the_default_and_featureless_photos_keep_the_sequential_pairs(tmp_path, caplog):
+    """Sequential pairs get loop closure unless told otherwise; photos without local features (no vocabulary can
+    be fitted) keep the sequential pairs, with a warning instead of a failed stage."""
+    from PIL import Image
+
+    assert PairsConfig(method="sequential").loop_closure is True
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(6):
+        Image.new("RGB", (64, 48), (i * 40, 0, 0)).save(images / f"im{i}.png")
+    with caplog.at_level("WARNING", logger="loftr_sfm"):
+        p = run_pairs(tmp_path / "out", images, {"method": "sequential", "num_neighbors": 2, "num_workers": 0})
+    assert len(read_pairs(p)) == 5 + 4
+    assert "sequential pairs without loop closure: cannot fit a vocabulary" in caplog.text

@@ -71,37 +71,32 @@ def test_sequential_pairs_with_a_weak_link_get_loop_closure(tmp_path):
     chance = [p for p in across if p != ("img_007.png", "img_008.png")]  # the one right pair left across
     opts = {"source": str(root / "matches.h5"), "chance": ";".join(f"{a} {b}" for a, b in chance)}
 
-    def run(out, **kw):
-        return reconstruct(root / "images", out, pairs={"method": "sequential", "num_neighbors": 4},
-                           matching={"matcher": "served", "matcher_options": json.dumps(opts), "num_workers": 0},
-                           **kw)
+    def run(out, **pairs):
+        return reconstruct(root / "images", out, pairs={"method": "sequential", "num_neighbors": 4, **pairs},
+                           matching={"matcher": "served", "matcher_options": json.dumps(opts), "num_workers": 0})
 
     sequential = sum(min(4, 15 - i) for i in range(16))  # 16 images, 4 neighbours: 54 pairs
     ServedMatcher.calls.clear()
-    plain = run(tmp_path / "plain", bridge_weak_links=False)
+    with caplog.at_level("WARNING", logger="loftr_sfm"):
+        plain = run(tmp_path / "plain", loop_closure=False)
     assert len(read_pairs(tmp_path / "plain" / "pairs.txt")) == len(ServedMatcher.calls) == sequential
-    assert "bridged_weak_links" not in plain and not (tmp_path / "plain" / ".bridged_weak_links.json").exists()
     links = json.loads((tmp_path / "plain" / ".database.json").read_text())["stats"]["weak_links"]
     # the one right pair, and at most one chance pair that random matches happen to verify
     assert [x["after"] for x in links] == ["img_007.png"] and links[0]["verified_pairs"] <= 2
+    assert "--loop-closure" in caplog.text
+    assert plain["attempts"][0]["mapper"] == "incremental" and plain["attempts"][0]["registered"] < 16
 
     ServedMatcher.calls.clear()
-    out = tmp_path / "bridged"
+    out = tmp_path / "default"
     s = run(out)
     pairs = read_pairs(out / "pairs.txt")
-    assert len(pairs) > sequential and len(ServedMatcher.calls) == len(pairs)  # the new pairs matched once
-    assert s["bridged_weak_links"] == links
-    assert json.loads((out / ".bridged_weak_links.json").read_text()) == links
-    assert json.loads((out / "summary.json").read_text())["bridged_weak_links"] == links
-    assert s["registered"] == 16
-    # the incremental mapper crosses the gap: one model of every image at the first attempt, where the
-    # sequential pairs alone gave it two models and left the registration to the global fallback
-    assert plain["attempts"][0]["mapper"] == "incremental" and plain["attempts"][0]["registered"] < 16
+    assert len(pairs) > sequential and len(ServedMatcher.calls) == len(pairs)
+    assert not json.loads((out / ".database.json").read_text())["stats"]["weak_links"]
+    # the incremental mapper crosses the gap: one model of every image at the first attempt
     assert [(a["mapper"], a["models"], a["registered"]) for a in s["attempts"]] == [("incremental", 1, 16)]
     ServedMatcher.calls.clear()
-    again = run(out)  # starts with loop closure: nothing to match, the same pairs and model
-    assert ServedMatcher.calls == [] and read_pairs(out / "pairs.txt") == pairs
-    assert again["bridged_weak_links"] == links and again["registered"] == 16
+    again = run(out)
+    assert ServedMatcher.calls == [] and read_pairs(out / "pairs.txt") == pairs and again["registered"] == 16
 
 
 def test_one_run_per_output_folder_and_stale_temporaries_go(tmp_path):

@@ -169,7 +169,7 @@ def test_help_shows_the_main_options_first():
         assert flag in usage and flag in main
     assert "--ransac-max-error" not in usage and "--ransac-max-error" not in main and "--ransac-max-error" in advanced
     assert usage.rstrip().endswith("[advanced options]") and len(usage.splitlines()) <= 6
-    assert "--share-cameras" in advanced and "--bridge-weak-links" in advanced
+    assert "--share-cameras" in advanced and "--loop-closure" in advanced and "--bridge-weak-links" not in text
 
 
 def _open(path: Path):
