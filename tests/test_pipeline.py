@@ -28,19 +28,24 @@ def served(tmp_path_factory):
     return root
 
 
-def _run(served: Path, out: Path, **options) -> dict:
+def _run(served: Path, out: Path, mapping: dict | None = None, **options) -> dict:
     opts = {"source": str(served / "matches.h5"), "weak": WEAK, **options}
     return reconstruct(served / "images", out, pairs={"method": "exhaustive"},
-                       matching={"matcher": "served", "matcher_options": json.dumps(opts), "num_workers": 0})
+                       matching={"matcher": "served", "matcher_options": json.dumps(opts), "num_workers": 0},
+                       mapping=mapping)
 
 
-def test_an_image_on_few_matches_keeps_its_pose_and_a_rerun_is_up_to_date(served, tmp_path):
-    """An image whose pairs hold 25 matches each is registered on few points; nothing removes it (the mapping
-    stage's model is the mapper's), and a rerun of the same command matches nothing and maps nothing."""
+def test_an_image_on_few_matches_the_opt_in_fallback_and_a_rerun_that_is_up_to_date(served, tmp_path):
+    """An image whose pairs hold 25 matches each: the incremental mapper's PnP needs 30 inliers and leaves it
+    out, and the summary names it; the opt-in fallback (the global mapper once) registers it right; nothing
+    removes it, and a rerun of the same command matches nothing and maps nothing."""
     ServedMatcher.calls.clear()
-    s = _run(served, tmp_path)
+    s = _run(served, tmp_path / "default")
     assert len(ServedMatcher.calls) == 15  # 6 images, exhaustive
-    # the incremental mapper's PnP needs 30 inliers and leaves it out; the one fallback run (global) has it
+    assert [(a["mapper"], a["registered"]) for a in s["attempts"]] == [("incremental", 5)]
+    assert s["registered"] == 5 and s["unregistered_images"] == [WEAK]
+    ServedMatcher.calls.clear()
+    s = _run(served, tmp_path, mapping={"fallback": True})
     assert [(a["mapper"], a["registered"], a["chosen"]) for a in s["attempts"]] == [("incremental", 5, False),
                                                                                    ("global", 6, True)]
     assert s["registered"] == 6 and s["unregistered_images"] == []
@@ -53,15 +58,16 @@ def test_an_image_on_few_matches_keeps_its_pose_and_a_rerun_is_up_to_date(served
     assert set(s["times"]) >= {"pairs", "matching", "keypoints", "database", "mapping"}
     ServedMatcher.calls.clear()
     stamp = (tmp_path / "model" / "images.bin").stat().st_mtime_ns
-    again = _run(served, tmp_path)
+    again = _run(served, tmp_path, mapping={"fallback": True})
     assert ServedMatcher.calls == [] and again["registered"] == 6
     assert (tmp_path / "model" / "images.bin").stat().st_mtime_ns == stamp
 
 
-def test_sequential_pairs_with_a_weak_link_get_loop_closure(tmp_path):
-    """A "video" whose sequential pairs across img_007 | img_008 are chance matches but one: the database stage
-    finds the weak link, ``reconstruct`` selects the pairs again with loop closure, matches only the new pairs
-    and records it; a rerun starts there; ``bridge_weak_links=False`` keeps the sequential pairs."""
+def test_sequential_pairs_tie_a_video_with_a_gap_by_loop_closure(tmp_path, caplog):
+    """A "video" whose sequential pairs across img_007 | img_008 are chance matches but one. With loop closure
+    off, the database stage finds the weak link and says how to fix it, and the incremental mapper splits
+    there; with the default (loop closure on) the retrieval pairs tie the two halves: one incremental model of
+    every image, and a rerun matches nothing."""
     from loftr_sfm.io import read_pairs
 
     register_served()

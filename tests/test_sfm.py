@@ -138,7 +138,7 @@ def test_point_colours_follow_the_exif_orientation(scene, tmp_path):
     assert np.mean([c.sum() > 0 for c in written.values()]) > 0.99
 
 
-def test_one_fallback_run_of_the_other_mapper_when_too_few_images_register(scene, tmp_path, monkeypatch):
+def test_the_opt_in_fallback_runs_the_other_mapper_once_when_too_few_images_register(scene, tmp_path, monkeypatch):
     (tmp_path / "database.db").write_bytes((scene / "database.db").read_bytes())
     real = mappers.run_mapper
 
@@ -149,15 +149,16 @@ def test_one_fallback_run_of_the_other_mapper_when_too_few_images_register(scene
         return rec, n
 
     monkeypatch.setattr(mappers, "run_mapper", short)
-    s = run_mapping(tmp_path, scene / "images", {"mapper": "incremental"})  # 4/5 < 90 %: the global mapper once
+    s = run_mapping(tmp_path, scene / "images", {"mapper": "incremental"})  # the fallback is opt-in
+    assert [a["mapper"] for a in s["attempts"]] == ["incremental"] and s["registered"] == 4
+    s = run_mapping(tmp_path, scene / "images", {"mapper": "incremental", "fallback": True})  # 4/5 < 90 %
     assert [(a["mapper"], a["registered"]) for a in s["attempts"]] == [("incremental", 4), ("global", 5)]
     assert [a["chosen"] for a in s["attempts"]] == [False, True]
     assert s["mapper"] == "global" and s["registered"] == 5 and s["unregistered_images"] == []
-    s = run_mapping(tmp_path, scene / "images", {"mapper": "incremental", "min_registered": 0.8})  # 4/5 is enough
+    s = run_mapping(tmp_path, scene / "images", {"mapper": "incremental", "fallback": True,
+                                                 "min_registered": 0.8})  # 4/5 is enough
     assert [a["mapper"] for a in s["attempts"]] == ["incremental"] and s["registered"] == 4
     assert len(s["unregistered_images"]) == 1
-    s = run_mapping(tmp_path, scene / "images", {"mapper": "incremental", "fallback": False})
-    assert [a["mapper"] for a in s["attempts"]] == ["incremental"] and s["registered"] == 4
     # the other way round: the global mapper's full model needs no second run
     s = run_mapping(tmp_path, scene / "images", {"mapper": "global"})
     assert [a["mapper"] for a in s["attempts"]] == ["global"] and s["unregistered_images"] == []
@@ -204,7 +205,7 @@ def test_of_two_models_the_one_that_explains_more_is_kept(scene, tmp_path, monke
         return rec, n
 
     monkeypatch.setattr(mappers, "run_mapper", runs)
-    s = run_mapping(tmp_path, scene / "images", {"mapper": "incremental"})
+    s = run_mapping(tmp_path, scene / "images", {"mapper": "incremental", "fallback": True})
     inc, glo = s["attempts"]
     assert (inc["mapper"], inc["registered"], inc["chosen"]) == ("incremental", 4, True)
     assert (glo["mapper"], glo["registered"], glo["chosen"]) == ("global", 5, False)

@@ -2,13 +2,14 @@
 
 One run of the chosen mapper (pycolmap's defaults but for the seed, the thread count, the
 minimum of verified inliers per pair, the intrinsics bundle adjustment refines and, when asked,
-the global mapper's tracks per image: ``global_tracks_per_view``); the model
-with most registered images is kept (pycolmap returns every model it started, the first one
-is not the largest). The only second run: when that model registers fewer than
-``min_registered`` of the database's images (``fallback``), the other mapper runs once, and of the
-two models the one that explains more of the database's verified geometry is kept: verified pairs
-between its images that it explains, minus those it contradicts (:mod:`.checks`; a model with more
-images but pairs glued in the wrong place loses). Nothing is removed from a model.
+the global mapper's tracks per image: ``global_tracks_per_view``); the model with most
+registered images is kept (pycolmap returns every model it started, the first one is not the
+largest). The only second run, when asked (``fallback``, off by default): when that model
+registers fewer than ``min_registered`` of the database's images, the other mapper runs once,
+and of the two models the one that explains more of the database's verified geometry is kept:
+verified pairs between its images that it explains, minus those it contradicts (:mod:`.checks`;
+a model with more images but pairs glued in the wrong place loses). Nothing is removed from a
+model.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ class MappingConfig:
     """Options of the mapping stage (``run_mapping``)."""
 
     mapper: Mapper = "incremental"  # pycolmap mapper: incremental | global
-    fallback: bool = True  # run the other mapper once if the first registers fewer than min_registered of the images
+    fallback: bool = False  # run the other mapper once if the first registers fewer than min_registered of the images
     min_registered: float = 0.9  # share of the database's images under which the fallback runs
     seed: int = 0  # the mappers' random seed
     min_num_matches: int = 15  # pairs with fewer verified inliers are ignored by the mapper

@@ -1,7 +1,7 @@
 """The mapping stage: database.db -> model/, model_txt/, points.ply, summary.json.
 
 1. the mapper run (:mod:`loftr_sfm.sfm.mappers`): pycolmap's incremental (default) or global
-   mapper; the other one once only if the first registers too few images;
+   mapper; with ``fallback`` (opt-in), the other one once if the first registers too few images;
 2. shared cameras (:mod:`loftr_sfm.sfm.cameras`, on by default): images of one size whose
    estimated focal lengths agree get one camera, principal point and distortion refined;
 3. optional refinement (:mod:`loftr_sfm.sfm.refine`, opt-in): photometric track refinement,
