@@ -178,3 +178,11 @@ def test_odd_names_an_unreadable_file_and_a_truncated_jpeg_end_to_end(tmp_path, 
                                                        for i in range(5)))}
     ev = evaluate_reconstruction(rec, gt_named)
     assert ev.num_registered == 5 and ev.rotation_error["max"] < 0.5  # a name mix-up would cost degrees
+
+
+def test_reconstruct_says_bridge_weak_links_is_gone(monkeypatch, tmp_path):
+    import loftr_sfm.stages
+
+    monkeypatch.setattr(loftr_sfm.stages, "_reconstruct", lambda *a, **k: {"registered": 0})
+    with pytest.warns(DeprecationWarning, match="no effect"):
+        loftr_sfm.stages.reconstruct(tmp_path, tmp_path / "out", bridge_weak_links=True, report=False)

@@ -249,8 +249,8 @@ def collect(output: Path, images: Path | None = None, config: ReportConfig | dic
         "generated": datetime.datetime.now().isoformat(timespec="seconds"),
         "summary": {k: summary.get(k) for k in ("num_images", "registered", "points", "observations",
                                                  "mean_track_length", "mean_reprojection_error", "matcher", "mapper",
-                                                 "attempts", "shared_cameras", "track_refinement", "relative_filter",
-                                                 "bridged_weak_links") if k in summary},
+                                                 "attempts", "shared_cameras", "track_refinement", "relative_filter")
+                    if k in summary},
         "times": read_stage_times(output),
         "options": options,
         "notes": notes,

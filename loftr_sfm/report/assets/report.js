@@ -351,7 +351,7 @@
         }), el('tr', {}, el('td', {}, el('strong', {}, 'total')), el('td', { class: 'num' }, fmt(total, 1) + ' s'), el('td'))))));
     }
     const extra = {};
-    for (const k of ['attempts', 'shared_cameras', 'track_refinement', 'relative_filter', 'bridged_weak_links']) if (s[k] !== undefined && s[k] !== null) extra[k] = s[k];
+    for (const k of ['attempts', 'shared_cameras', 'track_refinement', 'relative_filter']) if (s[k] !== undefined && s[k] !== null) extra[k] = s[k];
     if (Object.keys(extra).length) parts.push(el('details', {}, el('summary', {}, 'Mapping details'), el('pre', {}, JSON.stringify(extra, null, 1))));
     parts.push(el('details', {}, el('summary', {}, 'Options used'), el('pre', {}, JSON.stringify(data.options || {}, null, 1))));
     return section('summary', 'Summary', parts);
