@@ -227,6 +227,10 @@ def run_pairs(output: Path, images: Path, config: PairsConfig | Mapping[str, Any
             except VocabularyError as e:  # featureless photos: the sequential pairs alone
                 logger.warning("sequential pairs without loop closure: %s", e)
         pairs = pairs_from_sequential(names, config.num_neighbors, config.quadratic, loop)
+        if loop is not None:
+            window = len(pairs_from_sequential(names, config.num_neighbors, config.quadratic))
+            logger.info("sequential pairs: %d in the window, %d more from loop closure (retrieval top-%d)", window,
+                        len(pairs) - window, config.loop_closure_neighbors)
     elif method == "retrieval":
         pairs = _retrieval_pairs(output, images, names, config, config.num_neighbors)
     elif method == "covisibility":

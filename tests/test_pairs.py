@@ -152,7 +152,7 @@ def test_run_pairs_stage(tmp_path):
         run_pairs(out, tmp_path / "missing", None)
 
 
-def test_run_pairs_retrieval_and_loop_closure(tmp_path):
+def test_run_pairs_retrieval_and_loop_closure(tmp_path, caplog):
     """Retrieval through the stage on 3 scenes x 3 views (random textures, shifted crops): every
     image's top-2 are the other views of its scene; descriptors are reused on rerun."""
     import cv2
@@ -173,13 +173,15 @@ def test_run_pairs_retrieval_and_loop_closure(tmp_path):
     assert len(pairs) == 9 and all(a[:2] == b[:2] for a, b in pairs)
     feats = out / "global_features.h5"
     mtime = feats.stat().st_mtime_ns
-    seq = read_pairs(
-        run_pairs(out, images, {"method": "sequential", "num_neighbors": 1, "loop_closure": True,
-                                "loop_closure_neighbors": 2, "vocabulary_size": 16, "num_workers": 0})
-    )  # fmt: skip
+    with caplog.at_level("INFO", logger="loftr_sfm"):
+        seq = read_pairs(
+            run_pairs(out, images, {"method": "sequential", "num_neighbors": 1, "loop_closure": True,
+                                    "loop_closure_neighbors": 2, "vocabulary_size": 16, "num_workers": 0})
+        )  # fmt: skip
     assert feats.stat().st_mtime_ns == mtime  # descriptors reused
     assert set(pairs) <= set(seq) and set(pairs_from_sequential(names, 1)) <= set(seq)
     assert len(seq) == len(set(pairs) | set(pairs_from_sequential(names, 1)))
+    assert f"8 in the window, {len(seq) - 8} more from loop closure (retrieval top-2)" in caplog.text
 
 
 def test_loop_closure_is_the_default_and_featureless_photos_keep_the_sequential_pairs(tmp_path, caplog):
