@@ -138,7 +138,8 @@ def test_point_colours_follow_the_exif_orientation(scene, tmp_path):
     assert np.mean([c.sum() > 0 for c in written.values()]) > 0.99
 
 
-def test_the_opt_in_fallback_runs_the_other_mapper_once_when_too_few_images_register(scene, tmp_path, monkeypatch):
+def test_the_opt_in_fallback_runs_the_other_mapper_once_when_too_few_images_register(scene, tmp_path, monkeypatch,
+                                                                                     caplog):
     (tmp_path / "database.db").write_bytes((scene / "database.db").read_bytes())
     real = mappers.run_mapper
 
@@ -149,8 +150,11 @@ def test_the_opt_in_fallback_runs_the_other_mapper_once_when_too_few_images_regi
         return rec, n
 
     monkeypatch.setattr(mappers, "run_mapper", short)
-    s = run_mapping(tmp_path, scene / "images", {"mapper": "incremental"})  # the fallback is opt-in
+    with caplog.at_level("WARNING", logger="loftr_sfm"):
+        s = run_mapping(tmp_path, scene / "images", {"mapper": "incremental"})  # the fallback is opt-in
     assert [a["mapper"] for a in s["attempts"]] == ["incremental"] and s["registered"] == 4
+    left = s["unregistered_images"]
+    assert len(left) == 1 and f"1 of 5 images have no pose ({left[0]})" in caplog.text
     s = run_mapping(tmp_path, scene / "images", {"mapper": "incremental", "fallback": True})  # 4/5 < 90 %
     assert [(a["mapper"], a["registered"]) for a in s["attempts"]] == [("incremental", 4), ("global", 5)]
     assert [a["chosen"] for a in s["attempts"]] == [False, True]

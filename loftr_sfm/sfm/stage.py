@@ -185,4 +185,8 @@ def run_mapping(output: Path, images: Path, config: MappingConfig | dict | None 
     logger.info("reconstruction: %d/%d images registered, %d points, mean track length %.2f, reprojection error "
                 "%.3f px (mapping %.1f s)", stats["registered"], num_images, stats["points"],
                 stats["mean_track_length"], stats["mean_reprojection_error"], t.seconds)
+    if left := summary["unregistered_images"]:
+        logger.warning("mapping: %d of %d images have no pose (%s%s); all are listed in %s (unregistered_images) and "
+                       "the report", len(left), num_images, ", ".join(left[:5]), ", ..." if len(left) > 5 else "",
+                       output / SUMMARY_FILE)
     return summary
