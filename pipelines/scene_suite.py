@@ -91,6 +91,11 @@ SUITE = [
           synthetic={"num_images": 18, "layout": "walk_turn", "seed": 6}, quick=True),
     Scene("syn-wide-baseline", "confirm", EXH, synthetic={"num_images": 8, "layout": "wide_baseline", "seed": 7},
           quick=True),
+    # a long lens without EXIF: the focal length is 4.2x the database's guess from the image size
+    Scene("syn-telephoto-ring", "tune", EXH, synthetic={"num_images": 24, "layout": "ring", "seed": 11,
+                                                        "focal": 2400.0}),
+    Scene("syn-telephoto-arc", "confirm", SEQ5, synthetic={"num_images": 20, "layout": "arc", "seed": 12,
+                                                           "focal": 2000.0, "principal_offset": (6.0, -4.0)}),
     Scene("syn-repeated-100", "confirm", {"method": "sequential", "num_neighbors": 5},
           synthetic={"num_images": 100, "layout": "arc", "arc_deg": 150, "seed": 8, "width": 320, "height": 240,
                      "focal": 270.0}),

@@ -88,11 +88,88 @@ def test_a_focal_length_far_from_its_start_is_reported(scene, tmp_path, monkeypa
     with caplog.at_level("WARNING", logger="loftr_sfm.sfm.stage"):
         s = run_mapping(out, out / "images", MappingConfig(mapper="incremental", overwrite=True))
     assert s["registered"] == 5 and s["focal_change"] == pytest.approx(5 * 280 / 384, rel=0.02)
+    assert len(s["attempts"]) == 1  # every image registered: no second run
     assert "3.6x the starting guess" in caplog.text and "--camera-params" in caplog.text
     from loftr_sfm.report.run import collect
 
     assert any("3.6x the starting guess" in n for n in collect(out, out / "images")["notes"])  # the report says it too
     assert not any("starting guess" in n for n in collect(scene, scene / "images")["notes"])  # 0.73x: nothing to say
+
+
+def test_far_focal_lengths_with_images_left_out_map_again_with_one_camera(scene, tmp_path, monkeypatch):
+    """A first model that leaves images out with focal lengths > 3x the guess: the mapper runs once more on a
+    copy of the database whose guessed images share one camera at the focal length found."""
+    from loftr_sfm.database import database_fingerprint
+    from loftr_sfm.evaluation import evaluate_reconstruction
+
+    out = tmp_path / "s"
+    shutil.copytree(scene, out)
+    real_start, real_run = stage.start_focal_lengths, mappers.run_mapper
+    monkeypatch.setattr(stage, "start_focal_lengths", lambda db: {n: f / 5 for n, f in real_start(db).items()})
+    runs = []
+
+    def first_misses_one(db_path, images, work, mapper, cfg, cameras, num_images=0):
+        rec, n = real_run(db_path, images, work, mapper, cfg, cameras, num_images)
+        runs.append((db_path, cameras))
+        if len(runs) == 1:
+            rec.deregister_frame(rec.image(min(rec.reg_image_ids())).frame_id)
+        return rec, n
+
+    monkeypatch.setattr(mappers, "run_mapper", first_misses_one)
+    before = database_fingerprint(out / "database.db")
+    s = run_mapping(out, out / "images", MappingConfig(overwrite=True))
+    assert [(a["registered"], a["chosen"]) for a in s["attempts"]] == [(4, False), (5, True)]
+    assert s["attempts"][1]["score"] > s["attempts"][0]["score"] > 0  # kept: it explains more verified pairs
+    assert s["registered"] == 5 and s["focal_change"] == pytest.approx(5 * 280 / 384, rel=0.03)
+    # the second run: on a copy, the focal length found (the scene's 280 px) held while mapping
+    (found,) = s["attempts"][1]["focal_lengths"].items()
+    assert found[0] == "SIMPLE_RADIAL 320x240" and found[1] == pytest.approx(280, rel=0.03)
+    assert runs[1][0] != out / "database.db" and not runs[1][1].refine_focal_length
+    assert not runs[1][1].refine_principal_point and runs[1][1].refine_extra_params
+    assert database_fingerprint(out / "database.db") == before
+    rec = pycolmap.Reconstruction(str(out / "model"))
+    (cam,) = {rec.image(i).camera_id: rec.image(i).camera for i in rec.reg_image_ids()}.values()
+    assert cam.focal_length == pytest.approx(280, rel=0.02)  # refined after mapping ...
+    assert (cam.principal_point_x, cam.principal_point_y) == (160, 120)  # ... the principal point held
+    assert evaluate_reconstruction(out / "model", out / "gt").row()["rot_med_deg"] < 0.3
+    # a new model with more images that contradicts the verified pairs (two images turned) is not kept
+    real_remap = mappers.remap_with_estimated_cameras
+
+    def turned(*args):
+        new, attempt = real_remap(*args)
+        return _turned(new, sorted(im.name for im in new.images.values())[:2], 30.0), attempt
+
+    runs.clear()
+    monkeypatch.setattr(mappers, "remap_with_estimated_cameras", turned)
+    s = run_mapping(out, out / "images", MappingConfig(overwrite=True))
+    assert [(a["registered"], a["chosen"]) for a in s["attempts"]] == [(4, True), (5, False)]
+    assert s["registered"] == 4 and s["attempts"][1]["score"] < s["attempts"][0]["score"]
+    monkeypatch.setattr(mappers, "remap_with_estimated_cameras", real_remap)
+    # off, or a first model that registers every image: one run
+    runs.clear()
+    s = run_mapping(out, out / "images", MappingConfig(overwrite=True, cameras=CameraOptions(remap_far_focal=False)))
+    assert [a["registered"] for a in s["attempts"]] == [4] and len(runs) == 1
+    runs.append(None)  # no image left out from now on
+    s = run_mapping(out, out / "images", MappingConfig(overwrite=True))
+    assert [a["registered"] for a in s["attempts"]] == [5] and len(runs) == 3
+
+
+def test_write_start_cameras_gives_the_guessed_images_one_camera(scene, tmp_path):
+    db = tmp_path / "database.db"
+    shutil.copy2(scene / "database.db", db)
+    start = stage.start_focal_lengths(db)
+    names = sorted(start)
+    moved = sfm_cameras.write_start_cameras(db, {("SIMPLE_RADIAL", 320, 240): 281.5}, {n: start[n] for n in names[1:]})
+    assert moved == 4
+    with pycolmap.Database.open(str(db)) as d:
+        images = {im.name: im for im in d.read_all_images()}
+        cams = {c.camera_id: c for c in d.read_all_cameras()}
+    ids = {images[n].camera_id for n in names[1:]}
+    assert len(ids) == 1 and images[names[0]].camera_id not in ids
+    cam = cams[ids.pop()]
+    assert cam.params.tolist() == [281.5, 160, 120, 0] and cam.has_prior_focal_length
+    assert stage.start_focal_lengths(db) == {names[0]: start[names[0]]}  # no longer a guess
+    assert sfm_cameras.write_start_cameras(db, {("PINHOLE", 320, 240): 300.0}, start) == 0  # no such kind
 
 
 def test_a_calibration_given_to_the_database_is_held(scene, tmp_path):

@@ -57,6 +57,49 @@ def focal_change(rec, start: Mapping[str, float]) -> float | None:
     return float(np.median(ratios)) if ratios else None
 
 
+def guessed_focal_lengths(rec, start: Mapping[str, float]) -> dict[tuple[str, int, int], float]:
+    """{(camera model, width, height): median focal length (px)} of the registered images of ``rec`` named in
+    ``start`` (their database camera's focal length was guessed from the image size, see
+    :func:`focal_change`), one entry per kind of database camera. Focal lengths are each image's own
+    camera's mean focal length in the model (COLMAP pixels)."""
+    by_key: dict[tuple[str, int, int], list[float]] = {}
+    for im in rec.images.values():
+        if im.has_pose and im.name in start:
+            cam = rec.cameras[im.camera_id]
+            by_key.setdefault((camera_family(cam.model.name), cam.width, cam.height), []).append(
+                cam.mean_focal_length())
+    return {key: float(np.median(f)) for key, f in sorted(by_key.items())}
+
+
+def write_start_cameras(db_path, focal_of: Mapping[tuple[str, int, int], float], start: Mapping[str, float]) -> int:
+    """Give the images of the database ``db_path`` named in ``start`` one camera per key of ``focal_of``.
+
+    Each new camera has the key's model and size, the key's focal length, the principal point at the
+    image centre and no distortion, and ``has_prior_focal_length`` set (the mappers start from it). Images
+    of a kind missing from ``focal_of`` keep their cameras. Edits ``db_path`` in place: give it a copy.
+    Returns the number of images moved to a new camera.
+    """
+    import pycolmap
+
+    moved = 0
+    with pycolmap.Database.open(str(db_path)) as db:
+        cameras = {c.camera_id: c for c in db.read_all_cameras()}
+        new_id: dict[tuple[str, int, int], int] = {}
+        for image in db.read_all_images():
+            old = cameras[image.camera_id]
+            key = (old.model.name, old.width, old.height)
+            if image.name not in start or key not in focal_of:
+                continue
+            if key not in new_id:
+                cam = pycolmap.Camera.create_from_model_name(0, key[0], focal_of[key], key[1], key[2])
+                cam.has_prior_focal_length = True
+                new_id[key] = db.write_camera(cam)
+            image.camera_id = new_id[key]
+            db.update_image(image)
+            moved += 1
+    return moved
+
+
 def camera_family(model: str) -> str:
     """The model a camera of ``model`` was estimated as before :data:`RADIAL_UPGRADE` (RADIAL -> SIMPLE_RADIAL)."""
     return next((k for k, v in RADIAL_UPGRADE.items() if v == model), model)

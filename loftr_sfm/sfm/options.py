@@ -15,6 +15,10 @@ MAPPERS: tuple[str, ...] = ("incremental", "global")
 
 # cameras of at least this many images may have their principal point refined (see CameraOptions)
 PRINCIPAL_POINT_MIN_IMAGES = 5
+# the mapped focal lengths over the guess from the image size (no EXIF) beyond which (or below its inverse) the
+# guess counts as far off: the log warns, and beyond it a model that leaves images out is mapped again
+# (CameraOptions.remap_far_focal)
+FAR_FOCAL_CHANGE = 3.0
 
 
 @dataclass
@@ -28,6 +32,7 @@ class CameraOptions:
     share_cameras_tolerance: float = 0.03  # ... their focal lengths in runs without relative gaps over this
     share_cameras_radial: bool = True  # ... and a shared SIMPLE_RADIAL camera gets a second radial term (RADIAL)
     hold_known_calibration: bool = True  # cameras given to the database stage (camera_params) are held as given
+    remap_far_focal: bool = True  # images left out, focal > 3x the guess (no EXIF): map again, one camera per size
 
 
 @dataclass

@@ -2,6 +2,10 @@
 
 1. the mapper run (:mod:`loftr_sfm.sfm.mappers`): pycolmap's incremental (default) or global
    mapper; with ``fallback`` (opt-in), the other one once if the first registers too few images;
+   when the model leaves images out and its focal lengths came out over ``FAR_FOCAL_CHANGE`` (3) x
+   the guess the database started from (no EXIF), the mapper once more with one camera per image
+   size at the focal length found (``cameras.remap_far_focal``); of two models, the one that explains
+   more of the verified pairs is kept;
 2. shared cameras (:mod:`loftr_sfm.sfm.cameras`, on by default): images of one size whose
    estimated focal lengths agree get one camera, principal point and distortion refined;
 3. optional refinement (:mod:`loftr_sfm.sfm.refine`, opt-in): photometric track refinement,
@@ -32,7 +36,7 @@ from ..workspace import read_stage_times, record_stage_time
 from .cameras import focal_change, model_images_per_camera, resolve_principal_point, share_cameras
 from .mappers import map_database
 from .model import MODEL_BYTES_PER_KEYPOINT, color_points, model_stats, quiet_pycolmap, write_model
-from .options import MappingConfig
+from .options import FAR_FOCAL_CHANGE, MappingConfig
 from .refine import filter_model, refine_model_tracks, track_refinement_wanted
 
 logger = logging.getLogger(__name__)
@@ -40,15 +44,13 @@ logger = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"
 # from this many images on, the log points to the faster mapping of large collections (docs/performance.md)
 LARGE_COLLECTION = 300
-# the mapped focal lengths over the starting guess (no EXIF) beyond which (or below its inverse) the log warns
-FOCAL_CHANGE_WARNING = 3.0
 EMPTY_STATS = {"registered": 0, "points": 0, "observations": 0, "mean_track_length": 0.0,
                "duplicate_observations": 0, "mean_reprojection_error": 0.0}
 
 
 def focal_change_warning(change: float | None) -> str | None:
-    """What to tell the user of a summary's ``focal_change`` beyond :data:`FOCAL_CHANGE_WARNING` x (else None)."""
-    if change is None or 1 / FOCAL_CHANGE_WARNING <= change <= FOCAL_CHANGE_WARNING:
+    """What to tell the user of a summary's ``focal_change`` beyond :data:`.options.FAR_FOCAL_CHANGE` x (else None)."""
+    if change is None or 1 / FAR_FOCAL_CHANGE <= change <= FAR_FOCAL_CHANGE:
         return None
     return (f"the focal lengths came out {change:.1f}x the starting guess from the image size (no EXIF): "
             "self-calibration this far from the start is often wrong; if you know the camera, give --camera-params "
@@ -94,7 +96,7 @@ def run_mapping(output: Path, images: Path, config: MappingConfig | dict | None 
         the summary dict (also ``summary.json``): num_images, matcher (of matches.h5), registered, points, observations,
         mean_track_length, mean_reprojection_error, unregistered_images, attempts (one per mapper
         run), focal_change (the mapped focal lengths over the start guessed from the image size, median over
-        the images without EXIF focal; logged as a warning beyond :data:`FOCAL_CHANGE_WARNING` x),
+        the images without EXIF focal; logged as a warning beyond :data:`.options.FAR_FOCAL_CHANGE` x),
         shared_cameras, track_refinement, relative_filter, times, config. If no model could
         be built, registered is 0 and no model is written.
     Raises:
@@ -134,10 +136,11 @@ def run_mapping(output: Path, images: Path, config: MappingConfig | dict | None 
     if num_images >= LARGE_COLLECTION and not (cfg.mapper == "global" and cfg.global_tracks_per_view):
         logger.info("mapping: %d images; for collections this large, --mapper global --global-tracks-per-view 300 "
                     "takes a fraction of the time and memory (docs/performance.md)", num_images)
+    start = start_focal_lengths(db_path)
     with Timer() as t:
-        rec, attempts = map_database(db_path, images, cfg, cameras, num_images)
+        rec, attempts = map_database(db_path, images, cfg, cameras, num_images, start)
     record_stage_time(output, "mapping", t.seconds)
-    change = focal_change(rec, start_focal_lengths(db_path)) if rec is not None else None
+    change = focal_change(rec, start) if rec is not None else None
     if warning := focal_change_warning(change):
         logger.warning("mapping: %s", warning)
     share_stats = track_stats = filter_stats = None
