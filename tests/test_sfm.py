@@ -170,6 +170,20 @@ def test_write_start_cameras_gives_the_guessed_images_one_camera(scene, tmp_path
     assert cam.params.tolist() == [281.5, 160, 120, 0] and cam.has_prior_focal_length
     assert stage.start_focal_lengths(db) == {names[0]: start[names[0]]}  # no longer a guess
     assert sfm_cameras.write_start_cameras(db, {("PINHOLE", 320, 240): 300.0}, start) == 0  # no such kind
+    # a database with rigs and frames (COLMAP's import_images) names cameras in its frames: left as it is
+    framed = tmp_path / "framed.db"
+    with pycolmap.Database.open(str(framed)) as d:
+        cid = d.write_camera(pycolmap.Camera.create_from_model_name(0, "SIMPLE_RADIAL", 100.0, 64, 48))
+        sensor = pycolmap.sensor_t(pycolmap.SensorType.CAMERA, cid)
+        rig = pycolmap.Rig()
+        rig.add_ref_sensor(sensor)
+        frame = pycolmap.Frame()
+        frame.rig_id = d.write_rig(rig)
+        frame.add_data_id(pycolmap.data_t(sensor, d.write_image(pycolmap.Image(name="a.png", camera_id=cid))))
+        d.write_frame(frame)
+    assert sfm_cameras.write_start_cameras(framed, {("SIMPLE_RADIAL", 64, 48): 300.0}, {"a.png": 100.0}) == 0
+    with pycolmap.Database.open(str(framed)) as d:
+        assert d.num_cameras() == 1 and d.read_image(1).camera_id == cid
 
 
 def test_a_calibration_given_to_the_database_is_held(scene, tmp_path):

@@ -77,12 +77,16 @@ def write_start_cameras(db_path, focal_of: Mapping[tuple[str, int, int], float],
     Each new camera has the key's model and size, the key's focal length, the principal point at the
     image centre and no distortion, and ``has_prior_focal_length`` set (the mappers start from it). Images
     of a kind missing from ``focal_of`` keep their cameras. Edits ``db_path`` in place: give it a copy.
+    A database with rigs and frames (COLMAP's ``import_images``; the database stage writes none), whose
+    frames name their cameras, is left as it is.
     Returns the number of images moved to a new camera.
     """
     import pycolmap
 
     moved = 0
     with pycolmap.Database.open(str(db_path)) as db:
+        if db.num_frames():
+            return 0
         cameras = {c.camera_id: c for c in db.read_all_cameras()}
         new_id: dict[tuple[str, int, int], int] = {}
         for image in db.read_all_images():

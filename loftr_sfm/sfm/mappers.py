@@ -198,9 +198,9 @@ def remap_with_estimated_cameras(db_path: Path, images: Path, cfg: MappingConfig
     with tempfile.TemporaryDirectory(prefix=".mapping.", dir=db_path.parent) as tmp:
         copy = Path(tmp) / "database.db"
         shutil.copy2(db_path, copy)
-        write_start_cameras(copy, focal_of, start)
         t0 = time.perf_counter()
-        new, n_models = run_mapper(copy, images, Path(tmp) / "remap", cfg.mapper, cfg, held, num_images)
+        new, n_models = (run_mapper(copy, images, Path(tmp) / "remap", cfg.mapper, cfg, held, num_images)
+                         if write_start_cameras(copy, focal_of, start) else (None, 0))
     registered = new.num_reg_images() if new is not None else 0
     attempt = {"mapper": cfg.mapper, "registered": registered, "points": new.num_points3D() if new is not None else 0,
                "models": n_models, "seconds": round(time.perf_counter() - t0, 2), "chosen": False,
