@@ -456,3 +456,37 @@ def test_a_pose_must_beat_chance(scene):
     assert res.success and res.num_inliers >= 12
     with pytest.raises(ValueError, match="min_inlier_ratio"):
         Localizer(root, root / "images", {"min_inlier_ratio": 1.5})
+
+
+def test_a_pose_whose_refined_camera_is_bogus_is_no_pose(scene, monkeypatch):
+    """A refinement that lands on intrinsics no lens has (COLMAP's mapper bounds: focal length within 0.1-10x the
+    image side, distortion within +-1) fitted chance matches: the query fails and the message says why."""
+    import pycolmap
+
+    from loftr_sfm.localization import localizer as loc_module
+    from loftr_sfm.localization.cameras import bogus_camera
+
+    # the camera of a photo of another place posed against a long-lens map (22 inliers): focal 10.5x, k = -136
+    wild = pycolmap.Camera(model="SIMPLE_RADIAL", width=1600, height=1200, params=[16804.5, 800.0, 600.0, -135.9])
+    assert bogus_camera(wild)
+    assert not bogus_camera(pycolmap.Camera(model="SIMPLE_RADIAL", width=640, height=480,
+                                            params=[3298.0, 320.0, 240.0, -0.8]))  # the long-lens map's own camera
+    gt, root, query = scene
+    loc = Localizer(root, root / "images", {"num_retrieved": 50, "matcher": "sift"})
+    cam = next(i for i in gt.images.values() if i.name == query).camera
+    matches = synthetic_matches(gt, loc, query, loc.names[:3], np.random.default_rng(3), outliers=0.1)
+    res = loc.localize_from_matches(QueryResult(query, camera_source="map-scaled"), matches, cam, focal_known=True)
+    assert res.success  # the refinement confirms the camera
+    real = loc_module.estimate_pose
+
+    def refined_wild(*args):
+        ret = real(*args)
+        if ret is not None and args[5]:  # refine_intrinsics
+            ret["camera"].params = [ret["camera"].params[0] * 12, *ret["camera"].params[1:]]
+        return ret
+
+    monkeypatch.setattr(loc_module, "estimate_pose", refined_wild)
+    res = loc.localize_from_matches(QueryResult(query, camera_source="map-scaled"), matches, cam, focal_known=True)
+    assert not res.success and res.R is None
+    assert "inliers for a camera refined to intrinsics no lens has" in res.message and "not this place?" in res.message
+    assert res.num_inliers > 100  # the bogus pose's inliers are reported

@@ -33,6 +33,17 @@ SCALED_MAP_CAMERA = "map-scaled"  # camera source: a map camera of the query's a
 SCALED_FOCAL_TOLERANCE = 0.03
 
 
+def bogus_camera(camera) -> bool:
+    """Whether a (refined) camera has intrinsics no lens gives, by the bounds COLMAP's incremental mapper
+    applies to the cameras it refines (``IncrementalMapperOptions``: focal length between 0.1 and 10 times
+    the larger image side, distortion parameters within +-1): a pose whose intrinsics refinement lands
+    there fitted chance matches, not the photo."""
+    import pycolmap
+
+    o = pycolmap.IncrementalMapperOptions()
+    return bool(camera.has_bogus_params(o.min_focal_length_ratio, o.max_focal_length_ratio, o.max_extra_param))
+
+
 def query_camera(
     config: LocalizationConfig,
     query_path: Path,

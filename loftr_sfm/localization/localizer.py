@@ -16,7 +16,7 @@ import numpy as np
 from ..evaluation import rigid_to_pose, rotation_to_qvec, write_poses
 from ..io import ImageReadError, InputError, image_size, matches_backend, read_raw_matches
 from ..utils import Timer, merge_config
-from .cameras import SCALED_FOCAL_TOLERANCE, SCALED_MAP_CAMERA, camera_dict, query_camera
+from .cameras import SCALED_FOCAL_TOLERANCE, SCALED_MAP_CAMERA, bogus_camera, camera_dict, query_camera
 from .config import FEATURES_FILE, LOG_FILE, MODEL_DIR, QUERY_PREFIX, LocalizationConfig, QueryResult, _validate
 from .geometry import correspondences_2d3d, covisibility_clusters, estimate_pose, merge_correspondences
 from .map import MapRetriever, load_map_images, map_matcher
@@ -200,6 +200,7 @@ class Localizer:
         refine = (c.refine_intrinsics if c.refine_intrinsics is not None
                   else not focal_known or result.camera_source == SCALED_MAP_CAMERA)
         best = None
+        bogus = 0  # most inliers of a pose whose refined camera is bogus (such a pose is no candidate)
         total = merge_correspondences([per_image[n] for n in names])
         result.num_2d3d = int(len(total[1]))
         for group in groups:
@@ -207,6 +208,8 @@ class Localizer:
             if len(ids) < max(c.min_inliers, 4):
                 continue
             ret = estimate_pose(q, self.points3D(ids), camera, c.ransac_max_error, not focal_known, refine, c.seed)
+            if ret is not None and (refine or not focal_known) and bogus_camera(ret["camera"]):
+                bogus, ret = max(bogus, int(ret["num_inliers"])), None
             if ret is not None and (best is None or ret["num_inliers"] > best[0]["num_inliers"]):
                 best = (ret, q, ids, group)
         result.pose_time = time.perf_counter() - t0
@@ -215,9 +218,10 @@ class Localizer:
         if best is None or best[0]["num_inliers"] < need:
             n_in = 0 if best is None else int(best[0]["num_inliers"])
             result.success = False
-            result.num_inliers = n_in
+            result.num_inliers = max(n_in, bogus)
             result.message = (
-                f"pose estimation failed ({result.num_2d3d} 2D-3D correspondences, {n_in} inliers, need {need}"
+                f"pose estimation failed ({result.num_2d3d} 2D-3D correspondences, {result.num_inliers} inliers"
+                f"{' for a camera refined to intrinsics no lens has' if bogus > n_in else ''}, need {need}"
                 f"{'' if need == c.min_inliers else f' = {c.min_inlier_ratio:g} of them'}: not this place?)"
             )
             return result
