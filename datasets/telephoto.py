@@ -17,12 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
-
-# COLMAP camera models whose parameters start with focal length(s) and principal point: {model: (focals, pp index)}
-FOCAL_PP = {"SIMPLE_PINHOLE": (1, 1), "SIMPLE_RADIAL": (1, 1), "RADIAL": (1, 1), "PINHOLE": (2, 2), "OPENCV": (2, 2),
-            "FULL_OPENCV": (2, 2)}
 
 
 def telephoto(scene: Path, out: Path, crop: float, scale: float = 1.0) -> int:
@@ -35,17 +30,12 @@ def telephoto(scene: Path, out: Path, crop: float, scale: float = 1.0) -> int:
     rec = pycolmap.Reconstruction(str(scene / "gt"))
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "gt").mkdir(parents=True, exist_ok=True)
-    for cam in rec.cameras.values():
-        if cam.model.name not in FOCAL_PP:
-            raise ValueError(f"camera model {cam.model.name} is not supported")
+    for cam in rec.cameras.values():  # any COLMAP model: the crop moves the principal point, rescale scales
         w, h = round(cam.width * crop), round(cam.height * crop)
-        x0, y0 = (cam.width - w) // 2, (cam.height - h) // 2
-        nf, ipp = FOCAL_PP[cam.model.name]
-        params = np.array(cam.params, np.float64)
-        params[:nf] *= scale
-        params[ipp:ipp + 2] = (params[ipp:ipp + 2] - (x0, y0)) * scale
-        cam.width, cam.height = round(w * scale), round(h * scale)
-        cam.params = params
+        cam.principal_point_x -= (cam.width - w) // 2
+        cam.principal_point_y -= (cam.height - h) // 2
+        cam.width, cam.height = w, h
+        cam.rescale(round(w * scale), round(h * scale))  # focal lengths and principal point by new / old size
     names = {}
     for image in rec.images.values():
         src = rec.cameras[image.camera_id]
