@@ -31,6 +31,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import shutil
@@ -172,14 +173,49 @@ def run_ours(scene: Scene, matcher: str, images: Path, served: Path | None, out:
     return summary, 0.0, sum(summary["times"].values())
 
 
+def inputs_digest(*paths: Path, extra: str = "") -> str:
+    """Digest of files' contents (a folder: its files' names, sizes and modification times) and ``extra``."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(extra.encode())
+    for path in paths:
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        for f in files:
+            h.update(f"{f.relative_to(path) if path.is_dir() else f.name}:".encode())
+            if path.is_dir():
+                st = f.stat()
+                h.update(f"{st.st_size}:{st.st_mtime_ns};".encode())
+                continue
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def cached_seconds(out: Path, inputs: str) -> float | None:
+    """The seconds of ``out``'s finished run if it was made from ``inputs`` (else its results are removed)."""
+    done = out / "seconds.json"
+    if done.is_file():
+        record = json.loads(done.read_text())
+        if record.get("inputs") == inputs:
+            return record["seconds"]
+        logger.info("%s: its inputs changed, computing it again", out)
+    for name in ("seconds.json", "model", "sparse", "sfm", "database.db", "matches.h5", "features.h5"):
+        q = out / name
+        shutil.rmtree(q) if q.is_dir() else q.unlink(missing_ok=True)
+    return None
+
+
 def run_bare(db: Path, images: Path, out: Path) -> tuple[Path, float]:
     """pycolmap's incremental mapper, defaults, on a copy of ``db``; (model folder, seconds)."""
     import pycolmap
 
+    from loftr_sfm.database import database_fingerprint
+
     out.mkdir(parents=True, exist_ok=True)
+    inputs = database_fingerprint(db)
+    if (cached := cached_seconds(out, inputs)) is not None:
+        return out / "model", cached
     done = out / "seconds.json"
-    if done.is_file():
-        return out / "model", json.loads(done.read_text())["seconds"]
     shutil.copy2(db, out / "database.db")
     pycolmap.logging.minloglevel = 2
     t0 = time.perf_counter()
@@ -189,7 +225,7 @@ def run_bare(db: Path, images: Path, out: Path) -> tuple[Path, float]:
         best = max(recs.values(), key=lambda r: r.num_reg_images())
         (out / "model").mkdir(exist_ok=True)
         best.write_binary(out / "model")
-    done.write_text(json.dumps({"seconds": seconds}))
+    done.write_text(json.dumps({"seconds": seconds, "inputs": inputs}))
     return out / "model", seconds
 
 
@@ -198,11 +234,11 @@ def run_colmap_sift(images: Path, out: Path) -> tuple[Path, float]:
     import pycolmap
 
     out.mkdir(parents=True, exist_ok=True)
+    inputs = inputs_digest(images, extra=f"pycolmap {pycolmap.__version__}")
+    if (cached := cached_seconds(out, inputs)) is not None:
+        return out / "model", cached
     done = out / "seconds.json"
-    if done.is_file():
-        return out / "model", json.loads(done.read_text())["seconds"]
     db = out / "database.db"
-    db.unlink(missing_ok=True)
     pycolmap.logging.minloglevel = 2
     t0 = time.perf_counter()
     pycolmap.extract_features(db, images)
@@ -212,7 +248,7 @@ def run_colmap_sift(images: Path, out: Path) -> tuple[Path, float]:
     if recs:
         (out / "model").mkdir(exist_ok=True)
         max(recs.values(), key=lambda r: r.num_reg_images()).write_binary(out / "model")
-    done.write_text(json.dumps({"seconds": seconds}))
+    done.write_text(json.dumps({"seconds": seconds, "inputs": inputs}))
     return out / "model", seconds
 
 
@@ -225,15 +261,13 @@ def run_hloc(raw: Path, pairs: Path, images: Path, out: Path) -> tuple[Path, flo
     from loftr_sfm.io import read_pairs
 
     out.mkdir(parents=True, exist_ok=True)
+    inputs = inputs_digest(raw, pairs)
+    if (cached := cached_seconds(out, inputs)) is not None:
+        return out / "model", cached
     done = out / "seconds.json"
-    if done.is_file():
-        return out / "model", json.loads(done.read_text())["seconds"]
     match_dense = import_match_dense()
     from hloc import reconstruction
 
-    for name in ("matches.h5", "features.h5", "sfm"):
-        p = out / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     pair_list = read_pairs(pairs)
     copy_raw_matches(raw, out / "matches.h5", pair_list)  # hloc writes its matches0 into the copy
     conf = match_dense.confs["loftr"]
@@ -247,7 +281,7 @@ def run_hloc(raw: Path, pairs: Path, images: Path, out: Path) -> tuple[Path, flo
     if rec is not None:
         (out / "model").mkdir(exist_ok=True)
         rec.write_binary(out / "model")
-    done.write_text(json.dumps({"seconds": seconds}))
+    done.write_text(json.dumps({"seconds": seconds, "inputs": inputs}))
     return out / "model", seconds
 
 
@@ -331,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--matchers", nargs="+", default=MATCHERS)
     ap.add_argument("--split", choices=["tune", "confirm"], default=None)
     ap.add_argument("--quick", action="store_true", help="the small synthetic subset, checked against thresholds")
-    ap.add_argument("--fresh", action="store_true", help="map again (raw matches are kept)")
+    ap.add_argument("--fresh", action="store_true",
+                    help="run our stages after the matching again (raw matches are kept; the references are "
+                         "computed again where their inputs changed)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                     help="also map our database with these mapping options (rows 'ours+NAME'), e.g. "
                          "tracks='{\"refine_tracks\": \"on\"}'")
@@ -359,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             for p in (args.work / scene.name).glob("*"):
                 if p.name.startswith("variant-"):
                     shutil.rmtree(p)
-                elif p.name != "scene":
+                elif p.name != "scene" and not p.name.startswith(("bare-", "hloc-", "colmap-sift")):
                     for name in ("model", "model_txt", "summary.json", "database.db", ".database.json",
                                  "features.h5", "seconds.json", "sparse", "sfm"):
                         q = p / name

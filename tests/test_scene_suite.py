@@ -32,6 +32,32 @@ def test_quick_subset_registers_every_image_accurately(tmp_path, capsys):
         assert r["after/bare"] > 0 and r["after_s"] > 0
     assert (tmp_path / "suite.md").read_text().count("| ours |") == len(quick)
     assert "FAILED" not in capsys.readouterr().out
+    # --fresh maps again; the bare mapper's result stays, its database being the same
+    bare = {q: (tmp_path / q / "bare-oracle" / "seconds.json").read_text() for q in quick}
+    summary = tmp_path / quick[0] / "ours" / "summary.json"
+    before = summary.stat().st_mtime_ns
+    assert suite.main(["--quick", "--fresh", "--methods", "ours", "bare-pycolmap", "--work", str(tmp_path)]) == 0
+    assert summary.stat().st_mtime_ns != before
+    assert {q: (tmp_path / q / "bare-oracle" / "seconds.json").read_text() for q in quick} == bare
+    assert json.loads((tmp_path / "suite.json").read_text())[1]["after_s"] == rows[1]["after_s"]
+
+
+def test_a_reference_is_computed_again_when_its_inputs_change(tmp_path):
+    suite = _suite()
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"1")
+    first = suite.inputs_digest(images, extra="pycolmap 4.2")
+    assert suite.inputs_digest(images, extra="pycolmap 4.3") != first
+    out = tmp_path / "colmap-sift"
+    (out / "model").mkdir(parents=True)
+    (out / "seconds.json").write_text(json.dumps({"seconds": 3.5, "inputs": first}))
+    assert suite.cached_seconds(out, first) == 3.5 and (out / "model").is_dir()
+    (images / "a.png").write_bytes(b"12")
+    changed = suite.inputs_digest(images, extra="pycolmap 4.2")
+    assert changed != first
+    assert suite.cached_seconds(out, changed) is None
+    assert not (out / "model").exists() and not (out / "seconds.json").exists()
 
 
 def test_quick_check_names_what_fails():
