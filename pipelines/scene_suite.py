@@ -177,19 +177,17 @@ def run_ours(scene: Scene, matcher: str, images: Path, served: Path | None, out:
 
 def inputs_digest(*paths: Path, extra: str = "") -> str:
     """Digest of files' contents (a folder: its files' names, sizes and modification times) and ``extra``."""
+    from loftr_sfm.matching import _file_digest
+
     h = hashlib.blake2b(digest_size=16)
     h.update(extra.encode())
     for path in paths:
-        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-        for f in files:
-            h.update(f"{f.relative_to(path) if path.is_dir() else f.name}:".encode())
-            if path.is_dir():
-                st = f.stat()
-                h.update(f"{st.st_size}:{st.st_mtime_ns};".encode())
-                continue
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
+        if not path.is_dir():
+            h.update(f"{path.name}:{_file_digest(path)};".encode())
+            continue
+        for f in sorted(f for f in path.rglob("*") if f.is_file()):
+            st = f.stat()
+            h.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns};".encode())
     return h.hexdigest()
 
 
