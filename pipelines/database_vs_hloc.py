@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scene_suite import DATA, SUITE
+from scene_suite import SUITE, scene_inputs
 
 from loftr_sfm.evaluation import evaluate_reconstruction
 from loftr_sfm.sfm import run_mapping
@@ -52,10 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if hloc_db is None or (scene.name, "ours") not in suite:
             print(f"| {scene.name} | (no suite run or hloc database in {args.work / scene.name}) |||")
             continue
-        if scene.data:
-            images, gt = DATA / scene.data / "images", DATA / scene.data / "gt"
-        else:
-            images, gt = args.work / scene.name / "scene" / "images", args.work / scene.name / "scene" / "gt"
+        images, gt, _served = scene_inputs(scene, args.work)  # the suite's own (already made) inputs
         out = args.out / scene.name
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy2(hloc_db, out / "database.db")
